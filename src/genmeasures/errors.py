@@ -1,0 +1,45 @@
+"""One exception hierarchy for the whole library.
+
+Every error raised on purpose by genmeasures derives from :class:`GenMeasuresError`, so that a
+caller can catch the library's errors without catching programming errors. The subclasses also
+derive from the built-in exception a Python user would expect (``ValueError``), so existing
+handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class GenMeasuresError(Exception):
+    """Base class of every error raised on purpose by genmeasures."""
+
+
+class DataError(GenMeasuresError, ValueError):
+    """A dataset could not be read or is inconsistent (names the file and what was expected)."""
+
+
+class ModelError(GenMeasuresError, ValueError):
+    """A model could not be built, loaded or analysed."""
+
+
+class UnsupportedLayerError(ModelError):
+    """A module the measures cannot handle (names the module path and its type)."""
+
+
+class MeasureError(GenMeasuresError, ValueError):
+    """A measure was asked for with bad input or could not be computed."""
+
+
+class UnknownMeasureError(MeasureError):
+    """A measure name that is not in the registry (the message lists close matches)."""
+
+
+class MissingInputError(MeasureError):
+    """A measure needs an input that was not given (initial model, training records, data)."""
+
+
+class NumericalError(MeasureError):
+    """A non-finite weight, logit or norm (names the layer)."""
+
+
+class GenMeasuresWarning(UserWarning):
+    """A value that is returned but deserves attention (undefined measure, no convergence)."""

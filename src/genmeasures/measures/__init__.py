@@ -1,0 +1,27 @@
+"""Generalization measures of trained networks: the registry, the context and ``compute``.
+
+Every measure is defined in the project's catalog, ``MEASURES.md`` (Jiang et al. 2020, appendix D;
+Tsuzuku et al. 2020).
+"""
+
+from genmeasures.measures.compute import compute
+from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.registry import (
+    MeasureSpec,
+    get_measure,
+    list_measures,
+    register_measure,
+)
+from genmeasures.measures.result import MeasureOutput, MeasureResult, Results
+
+__all__ = [
+    "MeasureContext",
+    "MeasureOutput",
+    "MeasureResult",
+    "MeasureSpec",
+    "Results",
+    "compute",
+    "get_measure",
+    "list_measures",
+    "register_measure",
+]

@@ -1,0 +1,221 @@
+"""``genmeasures.compute``: the public entry point of the measures part."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from genmeasures.data import Dataset
+from genmeasures.errors import (
+    GenMeasuresError,
+    GenMeasuresWarning,
+    MeasureError,
+    MissingInputError,
+    UnsupportedLayerError,
+)
+from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
+from genmeasures.measures.result import MeasureResult, Results, UndefinedMeasure
+
+DEFAULT_BATCH_SIZE = 512
+
+#: Called after each measure with (measure name, index, total); e.g. to advance a progress bar.
+ProgressCallback = Callable[[str, int, int], None]
+
+TrainingData = Dataset | tuple[torch.Tensor, torch.Tensor] | None
+
+
+def compute(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    measures: str | Iterable[str] = "all",
+    init_model: nn.Module | None = None,
+    records: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Results:
+    """Compute generalization measures of a trained network.
+
+    The network is deep-copied, put in eval mode and BatchNorm-folded before any weight-based
+    measure (Jiang et al. 2020, appendix C.1; ``MEASURES.md`` §1.2); the caller's model is never
+    modified.
+
+    Args:
+        model: The trained network; its output is the logits.
+        data: The training set the model was trained on, as a :class:`~genmeasures.data.Dataset`
+            (its ``train`` split is used) or ``(inputs, labels)``; None for measures that need
+            only the architecture.
+        measures: ``"all"``, a glob pattern (``"*spec*"``), a name, or a list of names/aliases.
+        init_model: The network before the first optimizer update, for the init-relative
+            measures.
+        records: Training-time records (``MEASURES.md`` §2.5).
+        seed: Seed of every random stream (power iterations, draws).
+        device: Where to compute; defaults to the model's device.
+        batch_size: Examples per forward pass (default 512).
+        options: Measure name → keyword parameters, e.g. ``{"spec-orig": {...}}``.
+        progress: Optional callback called after each measure.
+
+    Returns:
+        Mapping name → :class:`MeasureResult`, with ``.values`` and ``.to_frame()``. A measure
+        selected by a pattern whose inputs are missing is reported with ``status="missing"``
+        (or ``"unsupported"`` when the architecture cannot be folded) and a NaN value; a measure
+        undefined for this model (margin γ ≤ 0) has ``status="undefined"``, a NaN value and a
+        warning.
+
+    Raises:
+        MeasureError: for bad arguments, unknown measure names or options.
+        MissingInputError: if a measure named explicitly lacks an input it needs.
+        UnsupportedLayerError: if a measure named explicitly needs folding that is impossible.
+    """
+    if not isinstance(model, nn.Module):
+        raise MeasureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if init_model is not None and not isinstance(init_model, nn.Module):
+        raise MeasureError(
+            f"init_model must be a torch.nn.Module or None, got {type(init_model).__name__}"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MeasureError(f"seed must be an int, got {seed!r}")
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}")
+    inputs, labels = _training_set(data)
+    specs, explicit = resolve_measures(measures)
+    params_by_name = _validated_options(specs, options or {})
+    device = torch.device(device) if device is not None else _model_device(model)
+    input_shape = (
+        tuple(inputs.shape[1:]) if inputs is not None else getattr(model, "input_shape", None)
+    )
+    ctx = MeasureContext(
+        model,
+        inputs,
+        labels,
+        init_model=init_model,
+        records=None if records is None else dict(records),
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        input_shape=None if input_shape is None else tuple(input_shape),
+    )
+    results = []
+    for index, spec in enumerate(specs):
+        results.append(_run_one(spec, ctx, params_by_name[spec.name], explicit=explicit))
+        if progress is not None:
+            progress(spec.name, index + 1, len(specs))
+    return Results(results)
+
+
+def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if data is None:
+        return None, None
+    if isinstance(data, Dataset):
+        data = data.train
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise MeasureError(
+            "data must be a Dataset, a pair (inputs, labels) of tensors, or None; "
+            f"got {type(data).__name__}"
+        )
+    inputs, labels = data
+    if not isinstance(inputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise MeasureError(
+            f"data must hold tensors, got ({type(inputs).__name__}, {type(labels).__name__})"
+        )
+    if inputs.ndim < 2 or labels.ndim != 1 or len(inputs) != len(labels):
+        raise MeasureError(
+            f"data must be inputs of shape (m, ...) and labels of shape (m,); got inputs "
+            f"{tuple(inputs.shape)} and labels {tuple(labels.shape)}"
+        )
+    if len(labels) == 0:
+        raise MeasureError("data holds no example")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.min() < 0:
+        raise MeasureError(
+            f"labels must be non-negative integer class indices, got dtype {labels.dtype} "
+            f"and minimum {labels.min().item()}"
+        )
+    return inputs, labels.long()
+
+
+def _validated_options(
+    specs: list[MeasureSpec], options: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    by_name = {spec.name: spec for spec in specs}
+    given: dict[str, Mapping[str, Any]] = {}
+    for key, value in options.items():
+        canonical = get_measure(key).name
+        if canonical not in by_name:
+            raise MeasureError(
+                f"options given for measure {canonical!r}, which is not among the measures computed"
+            )
+        if not isinstance(value, Mapping):
+            raise MeasureError(f"options[{key!r}] must be a mapping of parameters, got {value!r}")
+        given[canonical] = value
+    return {spec.name: spec.validate_params(dict(given.get(spec.name, {}))) for spec in specs}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _run_one(
+    spec: MeasureSpec, ctx: MeasureContext, params: dict[str, Any], *, explicit: bool
+) -> MeasureResult:
+    recorded = dict(params)
+    if spec.stochastic != "no":
+        recorded["seed"] = ctx.seed
+    start = time.perf_counter()
+    try:
+        output = spec.fn(ctx, **params)
+    except (MissingInputError, UnsupportedLayerError) as error:
+        if explicit:
+            raise type(error)(f"measure {spec.name!r}: {error}") from error
+        status = "missing" if isinstance(error, MissingInputError) else "unsupported"
+        return MeasureResult(
+            name=spec.name,
+            value=math.nan,
+            converged=False,
+            seconds=time.perf_counter() - start,
+            params=recorded,
+            status=status,
+            message=str(error),
+        )
+    except UndefinedMeasure as undefined:
+        warnings.warn(f"{spec.name}: {undefined}", GenMeasuresWarning, stacklevel=3)
+        return MeasureResult(
+            name=spec.name,
+            value=math.nan,
+            converged=True,
+            seconds=time.perf_counter() - start,
+            params=recorded,
+            status="undefined",
+            message=str(undefined),
+        )
+    except GenMeasuresError as error:
+        raise type(error)(f"measure {spec.name!r}: {error}") from error
+    if not output.converged:
+        warnings.warn(
+            f"{spec.name}: an iterative step did not converge; the value is reported with "
+            "converged=False",
+            GenMeasuresWarning,
+            stacklevel=3,
+        )
+    return MeasureResult(
+        name=spec.name,
+        value=float(output.value),
+        converged=output.converged,
+        seconds=time.perf_counter() - start,
+        params=recorded,
+        log_value=output.log_value,
+        per_layer=output.per_layer,
+        extra=output.extra,
+        message=output.extra.get("message"),
+    )

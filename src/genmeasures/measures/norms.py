@@ -1,0 +1,174 @@
+"""Frobenius, distance, path-norm and Fisher-Rao measures (Jiang et al. 2020, eqs 36-45).
+
+``MEASURES.md`` §3.4-3.6. All are computed on the BN-folded network, biases excluded except in
+the path norm, where a bias is a path from a constant input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, jvp
+
+from genmeasures.errors import GenMeasuresWarning
+from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.registry import register_measure
+from genmeasures.measures.result import MeasureOutput, UndefinedMeasure, from_log
+from genmeasures.models import uses_piecewise_linear_activations
+
+
+def _log_fro_product(ctx: MeasureContext) -> float:
+    """Log Π_i ‖W_i‖_F² = 2 Σ_i log ‖W_i‖_F."""
+    with np.errstate(divide="ignore"):
+        return 2 * float(np.sum(np.log(ctx.frobenius_norms())))
+
+
+@register_measure(
+    "prod-of-fro-over-margin",
+    eq=36,
+    family="norm",
+    needs=("data",),
+    aliases=("prod-of-fro/margin", "frob product om"),
+)
+def prod_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
+    """Π_i ‖W_i‖_F² / γ² (eq 36)."""
+    gamma = ctx.positive_margin
+    return from_log(_log_fro_product(ctx) - 2 * math.log(gamma), extra={"margin": gamma})
+
+
+@register_measure("prod-of-fro", eq=37, family="norm", aliases=("frob product",))
+def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
+    """Π_i ‖W_i‖_F² (eq 37)."""
+    return from_log(_log_fro_product(ctx))
+
+
+@register_measure(
+    "sum-of-fro-over-margin",
+    eq=38,
+    family="norm",
+    needs=("data",),
+    aliases=("sum-of-fro/margin", "frob product dd/2 om"),
+)
+def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
+    """D (Π_i ‖W_i‖_F² / γ²)^{1/d} (eq 38; γ² inside the power)."""
+    gamma = ctx.positive_margin
+    d = ctx.num_layers
+    log_value = math.log(d) + (_log_fro_product(ctx) - 2 * math.log(gamma)) / d
+    return from_log(log_value, extra={"margin": gamma})
+
+
+@register_measure("sum-of-fro", eq=39, family="norm", aliases=("frob product dd/2",))
+def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
+    """D (Π_i ‖W_i‖_F²)^{1/d} (eq 39)."""
+    d = ctx.num_layers
+    return from_log(math.log(d) + _log_fro_product(ctx) / d)
+
+
+@register_measure(
+    "frob-distance",
+    eq=40,
+    family="norm",
+    needs=("init",),
+    aliases=("frob distance", "displacement"),
+)
+def frob_distance(ctx: MeasureContext) -> MeasureOutput:
+    """Σ_i ‖W_i − W_i⁰‖_F² over the folded weights, biases excluded (eq 40)."""
+    return MeasureOutput(value=float(np.sum(ctx.distance_frobenius_norms() ** 2)))
+
+
+@register_measure("param-norm", eq=42, family="norm", aliases=("parameter norm", "parameter-norm"))
+def param_norm(ctx: MeasureContext) -> MeasureOutput:
+    """Σ_i ‖W_i‖_F² over the folded weights, biases excluded (eq 42)."""
+    return MeasureOutput(value=float(np.sum(ctx.frobenius_norms() ** 2)))
+
+
+def path_norm_sum(ctx: MeasureContext) -> float:
+    """S = Σ_c f_{θ∘θ}(1)[c]: the folded network with every parameter squared, on an all-ones input.
+
+    The procedure is literal (``MEASURES.md`` §3.5): biases are squared too, and pooling or
+    non-ReLU activations are not corrected for.
+    """
+
+    def compute() -> float:
+        squared = copy.deepcopy(ctx.folded_model).double().eval()
+        if not uses_piecewise_linear_activations(squared):
+            warnings.warn(
+                "the network has activations that are not piecewise linear; the path norm is "
+                "computed literally and is not a sum over paths",
+                GenMeasuresWarning,
+                stacklevel=4,
+            )
+        with torch.no_grad():
+            for parameter in squared.parameters():
+                parameter.mul_(parameter)
+            ones = torch.ones((1, *ctx.require_shape()), dtype=torch.float64, device=ctx.device)
+            return float(squared(ones).sum())
+
+    return ctx.cached("path-norm-sum", compute)
+
+
+def _checked_path_sum(ctx: MeasureContext) -> float:
+    total = path_norm_sum(ctx)
+    if total < 0:
+        raise UndefinedMeasure(
+            f"path-norm sum S = {total:.4g} < 0, which only non-parameter operations can cause"
+        )
+    if not math.isfinite(total):
+        warnings.warn(
+            "path-norm sum S is not finite; reported as +inf", GenMeasuresWarning, stacklevel=3
+        )
+        return math.inf
+    return total
+
+
+@register_measure(
+    "path-norm-over-margin",
+    eq=43,
+    family="path",
+    needs=("data", "shape"),
+    aliases=("path-norm/margin", "path norm/margin"),
+)
+def path_norm_over_margin(ctx: MeasureContext) -> MeasureOutput:
+    """S / γ², i.e. path-norm² / γ² (eq 43)."""
+    gamma = ctx.positive_margin
+    return MeasureOutput(value=_checked_path_sum(ctx) / gamma**2, extra={"margin": gamma})
+
+
+@register_measure("path-norm", eq=44, family="path", needs=("shape",), aliases=("path norm",))
+def path_norm(ctx: MeasureContext) -> MeasureOutput:
+    """sqrt(S), the square root of the squared network's output sum on an all-ones input (eq 44)."""
+    return MeasureOutput(value=math.sqrt(_checked_path_sum(ctx)))
+
+
+@register_measure(
+    "fisher-rao", eq=45, family="norm", needs=("data",), aliases=("fr norm cross-entropy",)
+)
+def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
+    """(d+1)²/m Σ_j ⟨w, ∇_w ℓ_j⟩² over the folded weights w, biases held fixed (eq 45).
+
+    Each ``⟨w, ∇_w ℓ_j⟩`` is the directional derivative of example j's loss along w, so one
+    forward-mode JVP of the per-example losses gives a whole batch.
+    """
+    model = ctx.folded_model
+    weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in ctx.layers}
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    tangents = {
+        name: p if name in weight_names else torch.zeros_like(p) for name, p in params.items()
+    }
+    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    for inputs, labels in ctx.batches():
+
+        def losses(
+            parameters: dict[str, torch.Tensor], x: torch.Tensor = inputs, y: torch.Tensor = labels
+        ) -> torch.Tensor:
+            return F.cross_entropy(functional_call(model, parameters, (x,)), y, reduction="none")
+
+        _, directional = jvp(losses, (params,), (tangents,))
+        total += directional.double().pow(2).sum()
+    d = ctx.num_layers
+    return MeasureOutput(value=(d + 1) ** 2 * float(total) / ctx.num_train)

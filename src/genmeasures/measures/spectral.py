@@ -1,0 +1,331 @@
+"""Spectral measures (Jiang et al. 2020, eqs 25-35 and 41; ``MEASURES.md`` §1.4, §2.3, §3.3).
+
+Two spectral norms of a weight layer (``MEASURES.md`` §1.4):
+
+* ``operator`` (default): the operator norm of the layer's linear map. For a Linear layer this
+  is the largest singular value; for a conv it is the norm of ``x ↦ conv(x; W)`` at the layer's
+  recorded input size, with its stride, padding, dilation and groups, found by power iteration
+  on the conv and its exact adjoint (§2.3). Never the FFT formula, which is exact only for
+  circular padding and stride 1.
+* ``reshaped``: the largest singular value of the kernel viewed as ``c_out × (c_in·k_h·k_w)``.
+
+Every measure here exists under both: ``<name>`` and ``<name>-reshaped``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genmeasures.errors import MissingInputError, NumericalError
+from genmeasures.measures.capacity import input_side
+from genmeasures.measures.context import DELTA, MeasureContext
+from genmeasures.measures.registry import MeasureFn, register_measure
+from genmeasures.measures.result import MeasureOutput, UndefinedMeasure, from_log
+from genmeasures.models import ConvGeometry, WeightLayer
+
+VARIANTS = ("operator", "reshaped")
+
+#: Power-iteration defaults of ``MEASURES.md`` §2.3.
+POWER_TOL = 1e-7
+POWER_MAX_ITER = 1000
+
+
+def _is_pointwise(geometry: ConvGeometry) -> bool:
+    return (
+        all(k == 1 for k in geometry.kernel_size)
+        and all(p == (0, 0) for p in geometry.padding)
+        and geometry.groups == 1
+    )
+
+
+def operator_norm(
+    layer: WeightLayer,
+    kernel: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    tol: float = POWER_TOL,
+    max_iter: int = POWER_MAX_ITER,
+) -> tuple[float, bool]:
+    """Operator norm of a weight layer's linear map with the given kernel (``MEASURES.md`` §2.3).
+
+    Args:
+        layer: The layer whose geometry and recorded input shape define the map.
+        kernel: ``layer.weight`` or a difference such as ``W − W^0``, same shape.
+        generator: Source of the power iteration's random start.
+        tol: Relative change of the estimate at which the iteration stops.
+        max_iter: Most iterations.
+
+    Returns:
+        The norm (float64) and whether it converged; exact results are always converged.
+    """
+    kernel = kernel.detach().double()
+    if layer.geometry is None or _is_pointwise(layer.geometry):
+        # Exact: a 1×1, unpadded, ungrouped conv is the same matrix at every output position.
+        return float(torch.linalg.matrix_norm(kernel.reshape(kernel.shape[0], -1), ord=2)), True
+    if layer.input_shape is None:
+        raise MissingInputError(
+            f"conv layer {layer.name!r} has no recorded input shape; its operator norm needs it"
+        )
+    geometry = layer.geometry
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return geometry.conv(x, kernel)
+
+    start = torch.randn(
+        (1, *layer.input_shape), generator=generator, dtype=torch.float64, device=kernel.device
+    )
+    _, adjoint = torch.func.vjp(apply, torch.zeros_like(start))
+    v = start / start.norm()
+    previous = math.nan
+    for _ in range(max_iter):
+        u = apply(v)
+        estimate = float(u.norm())
+        if estimate == 0.0:
+            return 0.0, True
+        if abs(estimate - previous) <= tol * estimate:
+            return estimate, True
+        previous = estimate
+        (v,) = adjoint(u)
+        v = v / v.norm()
+    return estimate, False
+
+
+def reshaped_norm(kernel: torch.Tensor) -> float:
+    """Largest singular value of the kernel viewed as ``c_out × (c_in/groups · k_h · k_w)``."""
+    kernel = kernel.detach().double()
+    return float(torch.linalg.matrix_norm(kernel.reshape(kernel.shape[0], -1), ord=2))
+
+
+def spectral_norms(ctx: MeasureContext, variant: str, reference: str) -> tuple[np.ndarray, bool]:
+    """Per-layer spectral norms of ``W_i`` (``reference="origin"``) or ``W_i − W_i^0`` (``"init"``).
+
+    Cached in the context, so every measure of a model shares one computation.
+
+    Returns:
+        The norms (float64 array in forward order) and whether all of them converged.
+    """
+
+    def compute() -> tuple[np.ndarray, bool]:
+        norms, all_converged = [], True
+        init_layers = ctx.init_layers if reference == "init" else [None] * ctx.num_layers
+        for layer, init in zip(ctx.layers, init_layers, strict=True):
+            kernel = layer.weight if init is None else layer.weight.double() - init.weight.double()
+            if variant == "reshaped":
+                norm, converged = reshaped_norm(kernel), True
+            else:
+                purpose = f"power-iteration/{layer.name}/{reference}"
+                norm, converged = operator_norm(layer, kernel, ctx.generator(purpose))
+            if not math.isfinite(norm):
+                raise NumericalError(f"layer {layer.name!r}: spectral norm is {norm}")
+            norms.append(norm)
+            all_converged &= converged
+        return np.array(norms), all_converged
+
+    return ctx.cached(("spectral", variant, reference), compute)
+
+
+def _per_layer(ctx: MeasureContext, spectral: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "layer": [layer.name for layer in ctx.layers],
+            "shape": [tuple(layer.weight.shape) for layer in ctx.layers],
+            "spectral": spectral,
+            "frobenius": ctx.frobenius_norms(),
+        }
+    )
+
+
+def _log(values: np.ndarray | float) -> np.ndarray | float:
+    with np.errstate(divide="ignore"):
+        return np.log(values)
+
+
+class _Spectral:
+    """The per-layer quantities of ``MEASURES.md`` §3.3 for one model and variant."""
+
+    def __init__(self, ctx: MeasureContext, variant: str) -> None:
+        self.ctx = ctx
+        self.s, self.converged = spectral_norms(ctx, variant, "origin")
+        self.log_product = 2 * float(np.sum(_log(self.s)))  # log P = log Π s_i²
+        self.extra = {"power_tol": POWER_TOL, "power_max_iter": POWER_MAX_ITER}
+
+    def ratio_sum(self, numerators: np.ndarray) -> float:
+        """Σ_j numerator_j² / s_j²; undefined if some s_j = 0."""
+        if np.any(self.s == 0):
+            zero = [self.ctx.layers[i].name for i in np.flatnonzero(self.s == 0)]
+            raise UndefinedMeasure(
+                f"spectral norm is 0 for layer(s) {zero}; the measure divides by it"
+            )
+        return float(np.sum(numerators**2 / self.s**2))
+
+    def output(self, log_value: float) -> MeasureOutput:
+        return from_log(
+            log_value,
+            converged=self.converged,
+            per_layer=_per_layer(self.ctx, self.s),
+            extra=self.extra,
+        )
+
+    def bound_constant(self) -> float:
+        """C_B = 84·B·Σ_i k_i·sqrt(c_i) + sqrt(log(4·n²·d)) of eq 25."""
+        layers = self.ctx.layers
+        width_sum = sum(math.sqrt(layer.kernel_area * layer.weight.shape[0]) for layer in layers)
+        n = input_side(self.ctx)
+        return 84 * self.ctx.input_norm_max * width_sum + math.sqrt(
+            math.log(4 * n**2 * len(layers))
+        )
+
+    def bound(self, numerators: np.ndarray) -> MeasureOutput:
+        """Eqs 25-26: (C_B² P Σ_j num_j²/s_j² + log(m/δ)) / γ², in log space."""
+        gamma = self.ctx.positive_margin
+        c_b = self.bound_constant()
+        t = 2 * math.log(c_b) + self.log_product + float(_log(self.ratio_sum(numerators)))
+        log_value = float(np.logaddexp(t, math.log(math.log(self.ctx.num_train / DELTA))))
+        self.extra.update(margin=gamma, C_B=c_b, B=self.ctx.input_norm_max)
+        return self.output(log_value - 2 * math.log(gamma))
+
+
+def _register_both(
+    name: str, *, eq: str | int, needs: tuple[str, ...], aliases: tuple[str, ...] = ()
+) -> Callable[[MeasureFn], MeasureFn]:
+    """Register a spectral measure as ``name`` (operator norm) and ``name-reshaped``."""
+
+    def decorator(fn: MeasureFn) -> MeasureFn:
+        register_measure(
+            name,
+            eq=eq,
+            family="spectral",
+            needs=needs,
+            stochastic="no*",
+            aliases=aliases,
+            fixed={"variant": "operator"},
+        )(fn)
+        register_measure(
+            f"{name}-reshaped",
+            eq=eq,
+            family="spectral",
+            needs=tuple(n for n in needs if n != "shape"),
+            fixed={"variant": "reshaped"},
+        )(fn)
+        return fn
+
+    return decorator
+
+
+@_register_both(
+    "spec-init",
+    eq=25,
+    needs=("data", "shape", "init"),
+    aliases=("spectral-init", "spectral complexity"),
+)
+def spec_init(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Pitas et al.'s spectral bound with the initialization as reference (eq 25)."""
+    return _Spectral(ctx, variant).bound(ctx.distance_frobenius_norms())
+
+
+@_register_both(
+    "spec-orig",
+    eq=26,
+    needs=("data", "shape"),
+    aliases=("spectral-orig", "spectral orig", "spectral complexity 0ref"),
+)
+def spec_orig(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Pitas et al.'s spectral bound with the origin as reference (eq 26)."""
+    return _Spectral(ctx, variant).bound(ctx.frobenius_norms())
+
+
+@_register_both("spec-init-main", eq="27 (=29)", needs=("data", "shape", "init"))
+def spec_init_main(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Main terms of eq 25: Π‖W_i‖₂² Σ_j ‖W_j−W_j⁰‖_F²/‖W_j‖₂² / γ² (eq 27)."""
+    spectral = _Spectral(ctx, variant)
+    gamma = ctx.positive_margin
+    ratio = spectral.ratio_sum(ctx.distance_frobenius_norms())
+    return spectral.output(spectral.log_product + float(_log(ratio)) - 2 * math.log(gamma))
+
+
+@_register_both(
+    "spec-orig-main", eq="28 (=30)", needs=("data", "shape"), aliases=("spectral-orig-main",)
+)
+def spec_orig_main(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Main terms of eq 26: Π‖W_i‖₂² Σ_j ‖W_j‖_F²/‖W_j‖₂² / γ² (eq 28)."""
+    spectral = _Spectral(ctx, variant)
+    gamma = ctx.positive_margin
+    ratio = spectral.ratio_sum(ctx.frobenius_norms())
+    return spectral.output(spectral.log_product + float(_log(ratio)) - 2 * math.log(gamma))
+
+
+@_register_both(
+    "prod-of-spec-over-margin",
+    eq=31,
+    needs=("data", "shape"),
+    aliases=("prod-of-spec/margin", "spectral product om"),
+)
+def prod_of_spec_over_margin(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Π_i ‖W_i‖₂² / γ² (eq 31)."""
+    spectral = _Spectral(ctx, variant)
+    return spectral.output(spectral.log_product - 2 * math.log(ctx.positive_margin))
+
+
+@_register_both("prod-of-spec", eq=32, needs=("shape",), aliases=("spectral product",))
+def prod_of_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Π_i ‖W_i‖₂² (eq 32)."""
+    spectral = _Spectral(ctx, variant)
+    return spectral.output(spectral.log_product)
+
+
+@_register_both("fro-over-spec", eq=33, needs=("shape",), aliases=("fro/spec",))
+def fro_over_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Σ_i ‖W_i‖_F² / ‖W_i‖₂² (eq 33); a sum of stable ranks under ``reshaped``."""
+    spectral = _Spectral(ctx, variant)
+    return MeasureOutput(
+        value=spectral.ratio_sum(ctx.frobenius_norms()),
+        converged=spectral.converged,
+        per_layer=_per_layer(ctx, spectral.s),
+        extra=spectral.extra,
+    )
+
+
+@_register_both(
+    "sum-of-spec-over-margin",
+    eq=34,
+    needs=("data", "shape"),
+    aliases=("sum-of-spec/margin", "spectral produce dd/2 om"),
+)
+def sum_of_spec_over_margin(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """D (Π_i ‖W_i‖₂² / γ²)^{1/d} (eq 34; γ² inside the power)."""
+    spectral = _Spectral(ctx, variant)
+    d = ctx.num_layers
+    gamma = ctx.positive_margin
+    return spectral.output(math.log(d) + (spectral.log_product - 2 * math.log(gamma)) / d)
+
+
+@_register_both("sum-of-spec", eq=35, needs=("shape",), aliases=("spectral product dd/2",))
+def sum_of_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """D (Π_i ‖W_i‖₂²)^{1/d} (eq 35)."""
+    spectral = _Spectral(ctx, variant)
+    d = ctx.num_layers
+    return spectral.output(math.log(d) + spectral.log_product / d)
+
+
+@_register_both("spec-dist", eq=41, needs=("shape", "init"), aliases=("dist-spec-init",))
+def spec_dist(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
+    """Σ_i ‖W_i − W_i⁰‖₂² (eq 41), the operator norm of the difference kernel."""
+    distances, converged = spectral_norms(ctx, variant, "init")
+    table = pd.DataFrame(
+        {
+            "layer": [layer.name for layer in ctx.layers],
+            "shape": [tuple(layer.weight.shape) for layer in ctx.layers],
+            "spectral_distance": distances,
+        }
+    )
+    return MeasureOutput(
+        value=float(np.sum(distances**2)),
+        converged=converged,
+        per_layer=table,
+        extra={"power_tol": POWER_TOL, "power_max_iter": POWER_MAX_ITER},
+    )

@@ -1,0 +1,538 @@
+"""Model builders behind one registry: ``mlp``, ``lenet``, ``nin`` and ``wrn``.
+
+Every builder returns an ``nn.Module`` on the CPU, in train mode, with ReLU activations, that maps a
+batch of inputs of shape ``(N, *input_shape)`` to logits of shape ``(N, num_classes)`` (no softmax;
+Jiang et al. 2020, appendix A). The input shape of one example is stored on the model as
+``model.input_shape`` (a tuple) so that :func:`genmeasures.models.weight_layers` and
+:func:`genmeasures.models.fold_batchnorm` can find it.
+
+Seeding: the hyperparameter ``seed`` (every model accepts it) makes the initial parameters a pure
+function of the seed. The model is constructed inside ``torch.random.fork_rng(devices=[])`` after
+seeding the CPU default generator, so the parameters get PyTorch's default initialization and the
+caller's global RNG state is restored afterwards (the build is not safe against *other threads*
+drawing from the global CPU generator at the same time). Models are always constructed on the CPU.
+With ``seed=None`` the global RNG is used, as in plain PyTorch.
+
+Convolutional models accept one example of shape ``(C, H, W)`` (Conv2d), ``(C, L)`` (Conv1d) or
+``(L,)`` (treated as ``(1, L)`` by a leading :class:`AddChannelDim` module).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from genmeasures.errors import ModelError
+
+__all__ = [
+    "AddChannelDim",
+    "PostActBasicBlock",
+    "PreActBasicBlock",
+    "build_model",
+    "default_hparams",
+    "list_models",
+]
+
+
+class AddChannelDim(nn.Module):
+    """Insert a channel dimension of size 1: ``(N, L) -> (N, 1, L)``.
+
+    It lets the convolutional builders take flat sequences such as MNIST-1D examples.
+    """
+
+    piecewise_linear = True
+    """Read by :func:`genmeasures.models.uses_piecewise_linear_activations`: a reshape is linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` with a new dimension 1."""
+        return x.unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The layer classes of one spatial dimensionality (1-d or 2-d)."""
+
+    conv: type[nn.Conv1d] | type[nn.Conv2d]
+    batchnorm: type[nn.BatchNorm1d] | type[nn.BatchNorm2d]
+    maxpool: type[nn.MaxPool1d] | type[nn.MaxPool2d]
+    global_avgpool: type[nn.AdaptiveAvgPool1d] | type[nn.AdaptiveAvgPool2d]
+
+
+_OPS = {
+    1: _Ops(nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d),
+    2: _Ops(nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+}
+
+
+@dataclass(frozen=True)
+class _ConvInput:
+    """A convolutional model's view of one input example."""
+
+    channels: int
+    spatial: tuple[int, ...]
+    add_channel: bool
+
+    @property
+    def ops(self) -> _Ops:
+        return _OPS[len(self.spatial)]
+
+    def stem(self) -> list[tuple[str, nn.Module]]:
+        """The modules that bring the input to ``(N, C, *spatial)`` (empty unless 1-d)."""
+        return [("add_channel", AddChannelDim())] if self.add_channel else []
+
+
+def _conv_input(model: str, input_shape: tuple[int, ...]) -> _ConvInput:
+    if len(input_shape) == 1:
+        return _ConvInput(1, input_shape, add_channel=True)
+    if len(input_shape) in (2, 3):
+        return _ConvInput(input_shape[0], input_shape[1:], add_channel=False)
+    raise ModelError(
+        f"model {model!r}: input_shape must be (C, H, W), (C, L) or (L,) for a convolutional "
+        f"model, received {input_shape!r}."
+    )
+
+
+class PreActBasicBlock(nn.Module):
+    """Pre-activation basic block of a Wide ResNet (Zagoruyko & Komodakis 2016).
+
+    ``out = conv2(dropout(relu(bn2(conv1(relu(bn1(x))))))) + shortcut``, where the shortcut is ``x``
+    or, when the shape changes, a 1×1 convolution of ``relu(bn1(x))``. All convolutions have
+    ``bias=False``. ``bn1`` precedes a convolution, so it cannot be folded (MEASURES.md §1.2).
+    """
+
+    def __init__(
+        self, ops: _Ops, in_channels: int, out_channels: int, stride: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.bn1 = ops.batchnorm(in_channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = ops.conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = ops.batchnorm(out_channels)
+        self.relu2 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = ops.conv(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ops.conv(in_channels, out_channels, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        activated = self.relu1(self.bn1(x))
+        out = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(activated)))))
+        skip = x if self.shortcut is None else self.shortcut(activated)
+        return out + skip
+
+
+class PostActBasicBlock(nn.Module):
+    """Post-activation basic block (conv → BN → ReLU), the variant whose BatchNorms can be folded.
+
+    ``out = relu(bn2(conv2(dropout(relu(bn1(conv1(x)))))) + shortcut)``, where the shortcut is ``x``
+    or, when the shape changes, a 1×1 convolution followed by BatchNorm. Convolutions have
+    ``bias=False``; every BatchNorm directly follows its convolution.
+    """
+
+    def __init__(
+        self, ops: _Ops, in_channels: int, out_channels: int, stride: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.conv1 = ops.conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = ops.batchnorm(out_channels)
+        self.relu1 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = ops.conv(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = ops.batchnorm(out_channels)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    conv=ops.conv(in_channels, out_channels, 1, stride=stride, bias=False),
+                    bn=ops.batchnorm(out_channels),
+                )
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        out = self.bn2(self.conv2(self.dropout(self.relu1(self.bn1(self.conv1(x))))))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.relu2(out + skip)
+
+
+def _build_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    depth: int,
+    width: int,
+    dropout: float,
+    batchnorm: bool,
+    bias: bool,
+) -> nn.Module:
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    fan_in = math.prod(input_shape)
+    for i in range(1, depth + 1):
+        layers.append((f"fc{i}", nn.Linear(fan_in, width, bias=bias)))
+        if batchnorm:
+            layers.append((f"bn{i}", nn.BatchNorm1d(width)))
+        layers.append((f"relu{i}", nn.ReLU()))
+        layers.append((f"dropout{i}", nn.Dropout(dropout)))
+        fan_in = width
+    layers.append(("out", nn.Linear(fan_in, num_classes, bias=bias)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _build_lenet(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    inp = _conv_input("lenet", input_shape)
+    if min(inp.spatial) < 4:
+        raise ModelError(
+            f"model 'lenet': every spatial size of input_shape must be >= 4 (two 2× max-pools), "
+            f"received {input_shape!r}."
+        )
+    ops = inp.ops
+    features = nn.Sequential(
+        OrderedDict(
+            conv1=ops.conv(inp.channels, 6, 5, padding=2),
+            relu1=nn.ReLU(),
+            pool1=ops.maxpool(2),
+            conv2=ops.conv(6, 16, 5, padding=2),
+            relu2=nn.ReLU(),
+            pool2=ops.maxpool(2),
+        )
+    )
+    with torch.no_grad():
+        flat = features(torch.zeros(1, inp.channels, *inp.spatial)).numel()
+    classifier = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(flat, 120),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(120, 84),
+            relu4=nn.ReLU(),
+            fc3=nn.Linear(84, num_classes),
+        )
+    )
+    return nn.Sequential(
+        OrderedDict(
+            [
+                *inp.stem(),
+                ("features", features),
+                ("flatten", nn.Flatten()),
+                ("classifier", classifier),
+            ]
+        )
+    )
+
+
+def _build_nin(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    depth: int,
+    width: int,
+    dropout: float,
+    batchnorm: bool,
+) -> nn.Module:
+    inp = _conv_input("nin", input_shape)
+    ops = inp.ops
+
+    def unit(i: int, in_channels: int, kernel: int, stride: int) -> list[tuple[str, nn.Module]]:
+        conv = ops.conv(
+            in_channels, width, kernel, stride=stride, padding=kernel // 2, bias=not batchnorm
+        )
+        bn = [(f"bn{i}", ops.batchnorm(width))] if batchnorm else []
+        return [(f"conv{i}", conv), *bn, (f"relu{i}", nn.ReLU())]
+
+    layers = inp.stem()
+    in_channels = inp.channels
+    for b in range(1, depth + 1):
+        block = [*unit(1, in_channels, 3, 2), *unit(2, width, 1, 1), *unit(3, width, 1, 1)]
+        block.append(("dropout", nn.Dropout(dropout)))
+        layers.append((f"block{b}", nn.Sequential(OrderedDict(block))))
+        in_channels = width
+    layers += [
+        ("classifier", ops.conv(width, num_classes, 1)),
+        ("pool", ops.global_avgpool(1)),
+        ("flatten", nn.Flatten()),
+    ]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _build_wrn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    depth: int,
+    width: int,
+    dropout: float,
+    preact: bool,
+) -> nn.Module:
+    inp = _conv_input("wrn", input_shape)
+    ops = inp.ops
+    blocks_per_group = (depth - 4) // 6
+    block_type = PreActBasicBlock if preact else PostActBasicBlock
+    layers = inp.stem()
+    layers.append(("conv", ops.conv(inp.channels, 16, 3, padding=1, bias=False)))
+    if not preact:
+        layers += [("bn", ops.batchnorm(16)), ("relu", nn.ReLU())]
+    in_channels = 16
+    for g, (channels, stride) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True), start=1):
+        group = []
+        for b in range(blocks_per_group):
+            block = block_type(ops, in_channels, channels * width, stride if b == 0 else 1, dropout)
+            group.append((f"block{b + 1}", block))
+            in_channels = channels * width
+        layers.append((f"group{g}", nn.Sequential(OrderedDict(group))))
+    if preact:
+        layers += [("bn", ops.batchnorm(in_channels)), ("relu", nn.ReLU())]
+    layers += [
+        ("pool", ops.global_avgpool(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(in_channels, num_classes)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
+
+
+class _BadValueError(ValueError):
+    """A hyperparameter value that does not parse (internal; reported as a ModelError)."""
+
+
+@dataclass(frozen=True)
+class _HParam:
+    """One hyperparameter: its default, what it accepts (in words) and how to parse a value."""
+
+    default: object
+    expected: str
+    parse: Callable[[object], object]
+
+
+def _int_hparam(default: int, minimum: int) -> _HParam:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise _BadValueError
+        return int(value)
+
+    return _HParam(default, f"an integer >= {minimum}", parse)
+
+
+def _dropout_hparam() -> _HParam:
+    def parse(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _BadValueError
+        if not 0.0 <= float(value) < 1.0:
+            raise _BadValueError
+        return float(value)
+
+    return _HParam(0.0, "a probability in [0, 1)", parse)
+
+
+def _bool_hparam(default: bool) -> _HParam:
+    def parse(value: object) -> bool:
+        if not isinstance(value, bool):
+            raise _BadValueError
+        return value
+
+    return _HParam(default, "a bool (True or False)", parse)
+
+
+def _parse_seed(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _BadValueError
+    if not 0 <= value < 2**64:
+        raise _BadValueError
+    return int(value)
+
+
+def _parse_wrn_depth(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _BadValueError
+    if value < 10 or (value - 4) % 6 != 0:
+        raise _BadValueError
+    return int(value)
+
+
+_SEED = _HParam(None, "None or an integer in [0, 2**64)", _parse_seed)
+
+
+@dataclass(frozen=True)
+class _ModelSpec:
+    """A registered model: its builder and its hyperparameters (``seed`` is handled centrally)."""
+
+    build: Callable[..., nn.Module]
+    hparams: Mapping[str, _HParam]
+
+
+_REGISTRY: dict[str, _ModelSpec] = {
+    "mlp": _ModelSpec(
+        _build_mlp,
+        {
+            "depth": _int_hparam(2, 0),
+            "width": _int_hparam(512, 1),
+            "dropout": _dropout_hparam(),
+            "batchnorm": _bool_hparam(False),
+            "bias": _bool_hparam(True),
+        },
+    ),
+    "lenet": _ModelSpec(_build_lenet, {}),
+    "nin": _ModelSpec(
+        _build_nin,
+        {
+            "depth": _int_hparam(2, 1),
+            "width": _int_hparam(192, 1),
+            "dropout": _dropout_hparam(),
+            "batchnorm": _bool_hparam(True),
+        },
+    ),
+    "wrn": _ModelSpec(
+        _build_wrn,
+        {
+            "depth": _HParam(
+                16, "an integer >= 10 with depth - 4 divisible by 6", _parse_wrn_depth
+            ),
+            "width": _int_hparam(4, 1),
+            "dropout": _dropout_hparam(),
+            "preact": _bool_hparam(True),
+        },
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Return the names of the registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _spec(name: object) -> _ModelSpec:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ModelError(
+            f"unknown model {name!r}; expected one of {', '.join(list_models())}.{hint}"
+        )
+    return _REGISTRY[name]
+
+
+def default_hparams(name: str) -> dict[str, object]:
+    """Return the default hyperparameters of model ``name``, ``seed`` included.
+
+    Raises:
+        ModelError: If ``name`` is not a registered model.
+    """
+    return {key: hp.default for key, hp in _spec(name).hparams.items()} | {"seed": None}
+
+
+def _check_input_shape(name: str, input_shape: object) -> tuple[int, ...]:
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise ModelError(
+            f"model {name!r}: input_shape must be a sequence of positive integers (one example, "
+            f"no batch dimension), received {input_shape!r}."
+        )
+    shape = tuple(input_shape)
+    if not shape or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape
+    ):
+        raise ModelError(
+            f"model {name!r}: input_shape must be a non-empty sequence of positive integers (one "
+            f"example, no batch dimension), received {input_shape!r}."
+        )
+    return tuple(int(s) for s in shape)
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Construct on the CPU; with a seed, from a private CPU RNG state (global state restored)."""
+    with torch.device("cpu"):
+        if seed is None:
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **hparams: object
+) -> nn.Module:
+    """Build a registered model with ReLU activations that outputs logits.
+
+    Models (hyperparameters with their defaults; every model also takes ``seed=None``):
+
+    - ``mlp`` (``depth=2``: number of hidden layers, ``width=512``, ``dropout=0.0``,
+      ``batchnorm=False``: BatchNorm1d after each hidden Linear, before its ReLU, ``bias=True``).
+      Flattens any input shape.
+    - ``lenet``: LeNet-5 style, conv 6@5×5 → ReLU → max-pool 2 → conv 16@5×5 → ReLU → max-pool 2 →
+      fc 120 → fc 84 → fc ``num_classes``; convolutions use padding 2, so any spatial size >= 4
+      works (8×8 digits, 28×28 MNIST, 32×32 CIFAR-10); the flatten size comes from a dummy forward.
+    - ``nin``: the Network-in-Network of Jiang et al. 2020, appendix C.3 (``depth=2`` NiN-blocks,
+      ``width=192`` output channels per block, ``dropout=0.0``, ``batchnorm=True``). A NiN-block is
+      conv 3×3 stride 2 padding 1 → BN → ReLU → conv 1×1 → BN → ReLU → conv 1×1 → BN → ReLU →
+      Dropout; then a 1×1 conv to ``num_classes``, global average pooling and flatten. With
+      BatchNorm the block convolutions have ``bias=False`` (appendix C.1: BN in every model).
+    - ``wrn``: Wide ResNet WRN-``depth``-``width`` (Zagoruyko & Komodakis 2016; ``depth=16``:
+      must be ``6n + 4``, ``width=4``: widen factor, ``dropout=0.0``, ``preact=True``). With
+      ``preact=True`` (the original) the blocks are :class:`PreActBasicBlock` and the network ends
+      with BN → ReLU; those BatchNorms precede their convolution, so
+      :func:`~genmeasures.models.fold_batchnorm` raises ``UnsupportedLayerError`` naming the first
+      of them, which makes the weight-based measures unavailable (MEASURES.md §1.2). With
+      ``preact=False`` the blocks are :class:`PostActBasicBlock` (conv → BN → ReLU, stem conv → BN →
+      ReLU) and every BatchNorm folds.
+
+    Convolutional models take one example of shape ``(C, H, W)``, ``(C, L)`` (1-d layers) or
+    ``(L,)`` (one channel). Parameters use PyTorch's default initialization.
+
+    Args:
+        name: A name from :func:`list_models`.
+        input_shape: Shape of one input example, without the batch dimension.
+        num_classes: Number of logits (>= 1).
+        **hparams: The model's hyperparameters (see above).
+
+    Returns:
+        The model, on the CPU and in train mode, with attribute ``input_shape`` (a tuple of ints).
+
+    Raises:
+        ModelError: For an unknown model or hyperparameter, a bad hyperparameter value, a bad
+            ``num_classes`` or an input shape the model cannot take; the message names the model,
+            the parameter, what was expected and what was received.
+    """
+    spec = _spec(name)
+    shape = _check_input_shape(name, input_shape)
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 1
+    ):
+        raise ModelError(
+            f"model {name!r}: num_classes must be an integer >= 1, received {num_classes!r}."
+        )
+    known = {**spec.hparams, "seed": _SEED}
+    values: dict[str, Any] = {}
+    for key, value in hparams.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ModelError(
+                f"model {name!r}: unknown hyperparameter {key!r} (received {key}={value!r}); "
+                f"expected one of {', '.join(sorted(known))}.{hint}"
+            )
+        try:
+            values[key] = known[key].parse(value)
+        except _BadValueError:
+            raise ModelError(
+                f"model {name!r}: hyperparameter {key!r} must be {known[key].expected}, "
+                f"received {value!r}."
+            ) from None
+    seed = values.pop("seed", None)
+    kwargs = {key: values.get(key, hp.default) for key, hp in spec.hparams.items()}
+    with _seeded(seed):
+        model = spec.build(shape, int(num_classes), **kwargs)
+    model.input_shape = shape
+    return model
