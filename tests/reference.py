@@ -45,7 +45,7 @@ def circular_conv2d_norm_fft(kernel: torch.Tensor, side: int) -> float:
     c_out × c_in matrices of the kernel's DFT at each frequency. PyTorch's conv is a
     cross-correlation, which has the same singular values as the convolution.
     """
-    transformed = np.fft.fft2(kernel.double().numpy(), s=(side, side), axes=(2, 3))
+    transformed = np.fft.fft2(kernel.detach().double().numpy(), s=(side, side), axes=(2, 3))
     return max(
         float(np.linalg.svd(transformed[:, :, u, v], compute_uv=False)[0])
         for u in range(side)
