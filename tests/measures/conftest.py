@@ -22,7 +22,7 @@ def tiny_mlp(seed: int = 0, *, batchnorm: bool = False) -> nn.Module:
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
-    """A float64 conv net on (2, 6, 6) inputs: strided, padded, grouped and 1×1 convs, then Linear."""
+    """A float64 conv net on (2, 6, 6): strided, padded, grouped and 1×1 convs, then Linear."""
     generator = torch.Generator().manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3, stride=2, padding=1),

@@ -224,14 +224,20 @@ class MeasureContext:
         Raises:
             UnsupportedLayerError: if a BatchNorm cannot be folded or a layer is unsupported.
         """
-        return self.cached("folded_model", lambda: fold_batchnorm(self.model, self.input_shape))
+        return self._folded[0]
 
     @property
     def layers(self) -> list[WeightLayer]:
         """Weight layers of the BN-folded model in forward order (``MEASURES.md`` §1.2)."""
-        return self.cached(
-            "layers", lambda: _checked_layers(self.folded_model, self.input_shape, "model")
-        )
+        return self._folded[1]
+
+    @property
+    def _folded(self) -> tuple[nn.Module, list[WeightLayer]]:
+        def compute() -> tuple[nn.Module, list[WeightLayer]]:
+            folded = fold_batchnorm(self.model, self.input_shape)
+            return folded, _checked_layers(folded, self.input_shape, "model")
+
+        return self.cached("folded", compute)
 
     @property
     def init_layers(self) -> list[WeightLayer]:
@@ -243,6 +249,7 @@ class MeasureContext:
         """
 
         def compute() -> list[WeightLayer]:
+            trained = self.layers  # an unsupported architecture is reported before a missing input
             if self.init_model is None:
                 raise MissingInputError(
                     "this measure needs the initial weights: pass init_model= (the network as it "
@@ -250,16 +257,14 @@ class MeasureContext:
                 )
             folded = fold_batchnorm(self.init_model, self.input_shape)
             init = _checked_layers(folded, self.input_shape, "init_model")
-            if len(init) != len(self.layers):
+            if len(init) != len(trained):
                 raise ModelError(
-                    f"init_model has {len(init)} weight layers, "
-                    f"the trained model {len(self.layers)}"
+                    f"init_model has {len(init)} weight layers, the trained model {len(trained)}"
                 )
-            for trained, initial in zip(self.layers, init, strict=True):
-                if trained.weight.shape != initial.weight.shape:
+            for layer, initial in zip(trained, init, strict=True):
+                if layer.weight.shape != initial.weight.shape:
                     raise ModelError(
-                        f"weight layer {trained.name!r}: shape {tuple(trained.weight.shape)} "
-                        "in the "
+                        f"weight layer {layer.name!r}: shape {tuple(layer.weight.shape)} in the "
                         f"trained model, {tuple(initial.weight.shape)} in init_model"
                     )
             return init

@@ -37,8 +37,9 @@ def _log_fro_product(ctx: MeasureContext) -> float:
 )
 def prod_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """Π_i ‖W_i‖_F² / γ² (eq 36)."""
+    log_product = _log_fro_product(ctx)
     gamma = ctx.positive_margin
-    return from_log(_log_fro_product(ctx) - 2 * math.log(gamma), extra={"margin": gamma})
+    return from_log(log_product - 2 * math.log(gamma), extra={"margin": gamma})
 
 
 @register_measure("prod-of-fro", eq=37, family="norm", aliases=("frob product",))
@@ -56,9 +57,9 @@ def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
 )
 def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """D (Π_i ‖W_i‖_F² / γ²)^{1/d} (eq 38; γ² inside the power)."""
+    log_product, d = _log_fro_product(ctx), ctx.num_layers
     gamma = ctx.positive_margin
-    d = ctx.num_layers
-    log_value = math.log(d) + (_log_fro_product(ctx) - 2 * math.log(gamma)) / d
+    log_value = math.log(d) + (log_product - 2 * math.log(gamma)) / d
     return from_log(log_value, extra={"margin": gamma})
 
 
@@ -135,8 +136,9 @@ def _checked_path_sum(ctx: MeasureContext) -> float:
 )
 def path_norm_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """S / γ², i.e. path-norm² / γ² (eq 43)."""
+    total = _checked_path_sum(ctx)
     gamma = ctx.positive_margin
-    return MeasureOutput(value=_checked_path_sum(ctx) / gamma**2, extra={"margin": gamma})
+    return MeasureOutput(value=total / gamma**2, extra={"margin": gamma})
 
 
 @register_measure("path-norm", eq=44, family="path", needs=("shape",), aliases=("path norm",))

@@ -1,0 +1,141 @@
+"""Contract tests: every registered measure, on small trained models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import genmeasures as gm
+
+ALL = [spec.name for spec in gm.list_measures()]
+
+ISSUE_MEASURES = {
+    "cross-entropy",
+    "inverse-margin",
+    "neg-entropy",
+    "input-grad-norm",
+    "vc-dim",
+    "num-params",
+    "spec-init",
+    "spec-orig",
+    "spec-init-main",
+    "spec-orig-main",
+    "prod-of-spec-over-margin",
+    "prod-of-spec",
+    "fro-over-spec",
+    "sum-of-spec-over-margin",
+    "sum-of-spec",
+    "prod-of-fro-over-margin",
+    "prod-of-fro",
+    "sum-of-fro-over-margin",
+    "sum-of-fro",
+    "frob-distance",
+    "spec-dist",
+    "param-norm",
+    "path-norm-over-margin",
+    "path-norm",
+    "fisher-rao",
+}
+SPECTRAL = {
+    "spec-init",
+    "spec-orig",
+    "spec-init-main",
+    "spec-orig-main",
+    "prod-of-spec-over-margin",
+    "prod-of-spec",
+    "fro-over-spec",
+    "sum-of-spec-over-margin",
+    "sum-of-spec",
+    "spec-dist",
+}
+
+
+def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_variants():
+    assert set(ALL) == ISSUE_MEASURES | {f"{name}-reshaped" for name in SPECTRAL}
+
+
+@pytest.fixture(scope="module", params=["trained_bn_mlp", "trained_nin"])
+def trained(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def all_results(trained):
+    run, data = trained
+    return gm.compute(run.model, data, init_model=run.init_model, records=run.records, seed=3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_value_on_a_small_trained_model(name, all_results):
+    result = all_results[name]
+    assert result.status == "ok", result.message
+    assert math.isfinite(result.value)
+    assert result.converged
+    assert result.seconds >= 0
+    assert result.params.get("variant") == (
+        "reshaped"
+        if name.endswith("-reshaped")
+        else "operator"
+        if gm.get_measure(name).family == "spectral"
+        else None
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_gives_the_same_value(name, trained, all_results):
+    run, data = trained
+    again = gm.compute(run.model, data, measures=[name], init_model=run.init_model, seed=3)
+    assert again[name].value == all_results[name].value
+    if gm.get_measure(name).stochastic == "no*":
+        other_seed = gm.compute(run.model, data, measures=[name], init_model=run.init_model, seed=4)
+        assert other_seed[name].value == pytest.approx(all_results[name].value, rel=1e-8)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "init" in gm.get_measure(n).needs])
+def test_init_relative_measures_need_the_initial_model(name, trained):
+    run, data = trained
+    with pytest.raises(gm.MissingInputError, match=f"{name}.*initial weights"):
+        gm.compute(run.model, data, measures=[name])
+    reported = gm.compute(run.model, data, measures=name + "*")[name]
+    assert reported.status == "missing"
+    assert math.isnan(reported.value)
+    assert "init_model" in reported.message
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "data" in gm.get_measure(n).needs])
+def test_data_measures_need_the_training_set(name, trained):
+    run, _ = trained
+    with pytest.raises(gm.MissingInputError, match="training set"):
+        gm.compute(run.model, None, measures=[name], init_model=run.init_model)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not gm.get_measure(n).needs & {"data", "init"}])
+def test_measures_without_data_work_without_data(name, trained):
+    run, data = trained
+    alone = gm.compute(run.model, None, measures=[name])[name]
+    with_data = gm.compute(run.model, data, measures=[name])[name]
+    assert alone.value == pytest.approx(with_data.value, rel=1e-10)
+
+
+def test_compute_leaves_the_callers_model_untouched(trained):
+    run, data = trained
+    run.model.train()
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    gm.compute(run.model, data, init_model=run.init_model)
+    assert run.model.training
+    assert all(p.requires_grad for p in run.model.parameters())
+    after = run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in run.model.modules())
+    run.model.eval()
+
+
+def test_batch_size_does_not_change_values(trained):
+    run, data = trained
+    names = ["cross-entropy", "fisher-rao", "input-grad-norm", "inverse-margin", "neg-entropy"]
+    small = gm.compute(run.model, data, measures=names, batch_size=7).values
+    large = gm.compute(run.model, data, measures=names, batch_size=10_000).values
+    for name in names:
+        assert small[name] == pytest.approx(large[name], rel=1e-5), name
