@@ -9,6 +9,8 @@ evaluation. The public API::
     results = gm.compute(model, data, measures="*spec*", init_model=initial_copy)
 """
 
+from importlib.metadata import version
+
 from genmeasures.data import Dataset, load_dataset
 from genmeasures.errors import (
     DataError,
@@ -32,7 +34,7 @@ from genmeasures.measures import (
 )
 from genmeasures.models import build_model, fold_batchnorm, weight_layers
 
-__version__ = "0.1.0"
+__version__ = version("genmeasures")
 
 __all__ = [
     "DataError",

@@ -15,16 +15,19 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from torch import nn
 from tqdm import tqdm
 
 from genmeasures import __version__
-from genmeasures.data import list_datasets, load_dataset
+from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.measures import Results, compute, list_measures
+from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
-from genmeasures.zoo.checkpoint import load_model, model_spec, read_spec, save_spec, save_state
+from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
 
@@ -99,7 +102,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, dataset) -> tuple:
+def _train(
+    args: argparse.Namespace, dataset: Dataset
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     spec = model_spec(
         args.model,
         dataset.input_shape,
@@ -108,7 +113,7 @@ def _train(args: argparse.Namespace, dataset) -> tuple:
         width=args.width,
         seed=args.seed,
     )
-    model = build_model(spec["name"], dataset.input_shape, dataset.num_classes, **spec["hparams"])
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, **spec["hparams"])
     config = TrainingConfig(
         optimizer=args.optimizer,
         lr=args.lr,
@@ -129,26 +134,25 @@ def _train(args: argparse.Namespace, dataset) -> tuple:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in run.metrics.items())
     print(f"trained {args.model} on {dataset.name}: {run.status}; {summary}", file=sys.stderr)
     if args.save is not None:
-        args.save.mkdir(parents=True, exist_ok=True)
-        save_state(args.save / "final.safetensors", run.model.state_dict())
-        save_state(args.save / "init.safetensors", run.init_model.state_dict())
-        save_spec(args.save / "model.json", spec)
+        save_run(args.save, run, spec)
         print(f"saved the model to {args.save}", file=sys.stderr)
     return run.model, run.init_model, run.records
 
 
 def _measure(args: argparse.Namespace) -> int:
+    selection = args.measures[0] if len(args.measures) == 1 else args.measures
+    resolve_measures(selection)  # a misspelt name fails before any training
+    load = args.weights is not None or args.spec is not None or args.init is not None
+    if load and (args.weights is None or args.spec is None):
+        raise GenMeasuresError(
+            "--weights and --spec go together (and --init needs both): give both to load a model"
+        )
     dataset = load_dataset(args.dataset, root=args.root, train_size=args.train_size)
-    if args.weights is not None or args.spec is not None:
-        if args.weights is None or args.spec is None:
-            raise GenMeasuresError("--weights and --spec go together: give both to load a model")
-        spec = read_spec(args.spec)
-        model = load_model(args.weights, spec)
-        init_model = None if args.init is None else load_model(args.init, spec)
-        records = None
+    if load:
+        loaded = load_checkpoint(args.weights, args.spec, args.init)
+        model, init_model, records = loaded.model, loaded.init_model, loaded.records
     else:
         model, init_model, records = _train(args, dataset)
-    selection = args.measures[0] if len(args.measures) == 1 else args.measures
     with tqdm(desc="measures", unit="measure", file=sys.stderr, leave=False, disable=None) as bar:
 
         def progress(name: str, done: int, total: int) -> None:

@@ -1,20 +1,29 @@
 """Train one model until its training cross-entropy reaches a target, with training records.
 
 The stopping rule and the records follow ``MEASURES.md`` §2.5 (Jiang et al. 2020, §2.1 and
-appendix C): every ``check_every`` optimizer updates the training cross-entropy is estimated in
-eval mode (by default as the mean over ``check_batches`` random minibatches, as the paper does)
-and training stops at the first check at or below the target.
+appendix C): the training cross-entropy is estimated in eval mode at ``t = 0``, every
+``check_every`` optimizer updates and at the final update (by default as the mean over
+``check_batches`` random minibatches, as the paper does), and training stops at the first check at
+or below the target.
+
+Seeding: three independent streams are derived from ``TrainingConfig.seed`` with
+``numpy.random.SeedSequence(seed, spawn_key=(purpose,))`` (purpose 0: the data order, 1: the
+loss-check draws ``check_gen``, 2: the torch CPU RNG used by dropout during training, forked so
+that the caller's global RNG state is left unchanged). Recording therefore never changes training.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,12 +34,23 @@ from genmeasures.errors import GenMeasuresError
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 CE_CHECK_MODES = ("minibatch", "full")
 
+#: ``SeedSequence`` spawn keys of the streams derived from the run seed.
+ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = 0, 1, 2
+
 #: Called at every loss check with (optimizer updates so far, estimated training cross-entropy).
 CheckCallback = Callable[[int, float], None]
 
 
 class TrainingError(GenMeasuresError, ValueError):
-    """A training configuration is invalid."""
+    """A training configuration or a training input is invalid."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -40,14 +60,18 @@ class TrainingConfig:
     Attributes:
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"rmsprop"``.
         lr: Learning rate.
-        batch_size: Training batch size.
+        batch_size: Training batch size b.
         weight_decay: The optimizer's weight decay coefficient λ.
         target_ce: Stop at the first check whose training cross-entropy is ≤ this.
         max_epochs: Budget; a model still above the target after it is ``not-converged``.
         check_every: C, optimizer updates between loss checks.
         check_batches: K, minibatches per loss estimate (``ce_check="minibatch"``).
         ce_check: ``"minibatch"`` (the paper's estimate) or ``"full"`` (exact mean over S).
-        seed: Seed of the data order and of the loss-check draws (separate streams).
+        seed: Run seed in ``[0, 2**64)``: data order, loss-check draws and dropout (separate
+            streams, see the module docstring).
+
+    Raises:
+        TrainingError: naming the field, for a value of the wrong type or out of range.
     """
 
     optimizer: str = "sgd"
@@ -68,14 +92,17 @@ class TrainingConfig:
             raise TrainingError(f"ce_check must be one of {CE_CHECK_MODES}, got {self.ce_check!r}")
         for name in ("lr", "target_ce"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise TrainingError(f"{name} must be a positive number, got {value!r}")
-        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
-            raise TrainingError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
+            if not (_is_real(value) and math.isfinite(value) and value > 0):
+                raise TrainingError(f"{name} must be a finite positive number, got {value!r}")
+        value = self.weight_decay
+        if not (_is_real(value) and math.isfinite(value) and value >= 0):
+            raise TrainingError(f"weight_decay must be a finite number ≥ 0, got {value!r}")
         for name in ("batch_size", "max_epochs", "check_every", "check_batches"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            if not (_is_int(value) and value >= 1):
                 raise TrainingError(f"{name} must be a positive int, got {value!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
+            raise TrainingError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
 
 
 @dataclass
@@ -84,12 +111,16 @@ class TrainingRun:
 
     Attributes:
         model: The trained model, in eval mode.
-        init_model: The model before the first optimizer update.
+        init_model: The model before the first optimizer update, in eval mode.
         status: ``"done"`` (target reached), ``"not-converged"`` (budget spent) or
-            ``"diverged"`` (non-finite loss).
-        records: Training-time records of ``MEASURES.md`` §2.5: ``ce_checks`` (R1),
-            ``epoch1_state`` (R2) and the metadata R3.
-        metrics: Final train/test cross-entropy and 0-1 error, the gap, steps, seconds.
+            ``"diverged"`` (non-finite training loss or loss check).
+        records: Training-time records of ``MEASURES.md`` §2.5: ``ce_checks`` (R1, a list of
+            ``(t, ĉ_t)``), ``epoch1_state`` (R2, parameters and buffers after ``steps_per_epoch``
+            updates, or None when training stopped before the first epoch ended) and the
+            metadata R3 (``batch_size``, ``steps_per_epoch``, ``check_every``,
+            ``check_batches``, ``ce_check``, ``check_seed``, ``config``).
+        metrics: Final exact train/test cross-entropy and 0-1 error, the gap, ``steps`` (the
+            number of optimizer updates, equal to the ``t`` of the last check) and ``seconds``.
     """
 
     model: nn.Module
@@ -99,8 +130,24 @@ class TrainingRun:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def derive_seed(seed: int, purpose: int) -> int:
+    """The seed of one stream derived from a run seed (``numpy.random.SeedSequence``).
+
+    Args:
+        seed: The run seed, an int in ``[0, 2**64)``.
+        purpose: The stream's spawn key (:data:`ORDER_STREAM`, :data:`CHECK_STREAM`, ...).
+
+    Returns:
+        A 64-bit seed for ``torch.Generator.manual_seed``.
+    """
+    state = np.random.SeedSequence(seed, spawn_key=(purpose,)).generate_state(1, np.uint64)
+    return int(state[0])
+
+
 def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("model has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -108,22 +155,44 @@ def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opt
     return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024):
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
     """Exact mean cross-entropy and 0-1 error of ``model`` in eval mode (train mode restored).
 
+    Args:
+        model: The network; its output is the logits.
+        inputs: Examples, on the model's device or the CPU.
+        labels: Integer labels, same length as ``inputs``.
+        batch_size: Examples per forward pass.
+
     Returns:
-        ``(cross_entropy, error)`` as floats.
+        ``(cross_entropy, error)`` as floats; the cross-entropy is summed in float64.
+
+    Raises:
+        TrainingError: if there are no examples.
     """
+    if len(labels) == 0:
+        raise TrainingError("evaluate needs at least one example, got 0")
+    device = _model_device(model)
     was_training = model.training
     model.eval()
     loss, wrong = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            logits = model(inputs[start : start + batch_size])
-            target = labels[start : start + batch_size]
-            loss += float(F.cross_entropy(logits.double(), target, reduction="sum"))
-            wrong += int((logits.argmax(dim=1) != target).sum())
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(labels), batch_size):
+                logits = model(inputs[start : start + batch_size].to(device))
+                target = labels[start : start + batch_size].to(device)
+                loss += float(F.cross_entropy(logits.double(), target, reduction="sum"))
+                wrong += int((logits.argmax(dim=1) != target).sum())
+    finally:
+        model.train(was_training)
     return loss / len(labels), wrong / len(labels)
 
 
@@ -134,18 +203,61 @@ def _estimate_ce(
     config: TrainingConfig,
     check_gen: torch.Generator,
 ) -> float:
+    """One loss check ĉ_t of ``MEASURES.md`` §2.5, in eval mode (train mode restored)."""
     if config.ce_check == "full":
         return evaluate(model, inputs, labels)[0]
     was_training = model.training
     model.eval()
-    batch = min(config.batch_size, len(labels))
+    m = len(labels)
+    batch = min(config.batch_size, m)
     total = 0.0
-    with torch.no_grad():
-        for _ in range(config.check_batches):
-            index = torch.randperm(len(labels), generator=check_gen)[:batch]
-            total += float(F.cross_entropy(model(inputs[index]).double(), labels[index]))
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for _ in range(config.check_batches):
+                index = torch.randperm(m, generator=check_gen)[:batch].to(inputs.device)
+                logits = model(inputs[index])
+                total += float(F.cross_entropy(logits.double(), labels[index]))
+    finally:
+        model.train(was_training)
     return total / config.check_batches
+
+
+@contextmanager
+def _private_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG (dropout) from ``seed`` and restore the caller's state after."""
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index]):
+        torch.default_generator.manual_seed(seed)
+        torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def _outcome(ce: float, target: float) -> str | None:
+    if not math.isfinite(ce):
+        return "diverged"
+    return "done" if ce <= target else None
+
+
+def _check_inputs(model: nn.Module, dataset: Dataset, config: TrainingConfig) -> None:
+    if not isinstance(model, nn.Module):
+        raise TrainingError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise TrainingError(
+            f"dataset must be a genmeasures.data.Dataset, got {type(dataset).__name__}"
+        )
+    if not isinstance(config, TrainingConfig):
+        raise TrainingError(f"config must be a TrainingConfig or None, got {type(config).__name__}")
+    inputs, labels = dataset.train
+    if len(labels) == 0 or len(inputs) != len(labels):
+        raise TrainingError(
+            f"dataset {dataset.name!r}: the train split needs at least one example and as many "
+            f"labels as inputs, got {len(inputs)} inputs and {len(labels)} labels"
+        )
 
 
 def train_to_target(
@@ -157,31 +269,41 @@ def train_to_target(
 ) -> TrainingRun:
     """Train ``model`` on ``dataset.train`` until the training cross-entropy reaches the target.
 
-    Deterministic on CPU for a given ``config.seed`` and initial model. The caller's model is
-    trained in place and returned as ``run.model``; ``run.init_model`` is a copy taken before
-    the first update.
+    A step is one executed ``optimizer.step()``; ``t`` counts completed steps. The loss is
+    checked at ``t = 0``, every ``config.check_every`` steps and at the final step; training
+    stops at the first check ≤ ``config.target_ce`` (``"done"``), at a non-finite loss or check
+    (``"diverged"``) or after ``config.max_epochs`` passes (``"not-converged"``). Deterministic on
+    CPU for a given ``config.seed`` and initial model; the caller's global RNG state is left
+    unchanged. The data are moved to the model's device.
 
     Args:
-        model: A freshly initialized network.
+        model: A freshly initialized network; trained in place and returned as ``run.model``.
         dataset: The data; its ``train`` split is fitted, its ``test`` split gives the gap.
         config: Optimizer, batch size, target and budget (defaults of :class:`TrainingConfig`).
-        on_check: Called at every loss check, e.g. to drive a progress bar.
+        on_check: Called after every loss check (model back in train mode), e.g. to drive a
+            progress bar.
 
     Returns:
         The trained model, its initial copy, the status, the records and the final metrics.
+
+    Raises:
+        TrainingError: for a model without trainable parameters, an empty training split or
+            arguments of the wrong type.
     """
-    config = config or TrainingConfig()
-    inputs, labels = dataset.train
+    config = TrainingConfig() if config is None else config
+    _check_inputs(model, dataset, config)
+    device = _model_device(model)
+    inputs, labels = (tensor.to(device) for tensor in dataset.train)
     m = len(labels)
     steps_per_epoch = math.ceil(m / config.batch_size)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    check_seed = config.seed + 1_000_003
+    order_gen = torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM))
+    check_seed = derive_seed(config.seed, CHECK_STREAM)
     check_gen = torch.Generator().manual_seed(check_seed)
     init_model = copy.deepcopy(model).eval()
     optimizer = _make_optimizer(model, config)
     ce_checks: list[tuple[int, float]] = []
-    epoch1_state: dict[str, torch.Tensor] = {}
-    status, step, start = "not-converged", 0, time.perf_counter()
+    epoch1_state: dict[str, torch.Tensor] | None = None
+    step, start = 0, time.perf_counter()
 
     def check() -> float:
         ce = _estimate_ce(model, inputs, labels, config, check_gen)
@@ -191,36 +313,39 @@ def train_to_target(
         return ce
 
     model.train()
-    ce = check()
-    for _ in range(config.max_epochs):
-        if ce <= config.target_ce or status == "diverged":
-            break
-        order = torch.randperm(m, generator=order_gen)
-        for batch_start in range(0, m, config.batch_size):
-            index = order[batch_start : batch_start + config.batch_size]
-            loss = F.cross_entropy(model(inputs[index]), labels[index])
-            if not torch.isfinite(loss):
-                status = "diverged"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == steps_per_epoch:
-                epoch1_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if step % config.check_every == 0:
-                ce = check()
-                if ce <= config.target_ce or not math.isfinite(ce):
+    with _private_torch_rng(derive_seed(config.seed, TORCH_STREAM), device):
+        status = _outcome(check(), config.target_ce)
+        epoch = 0
+        while status is None and epoch < config.max_epochs:
+            order = torch.randperm(m, generator=order_gen).to(device)
+            for batch_start in range(0, m, config.batch_size):
+                index = order[batch_start : batch_start + config.batch_size]
+                loss = F.cross_entropy(model(inputs[index]), labels[index])
+                if not torch.isfinite(loss):
+                    status = "diverged"
                     break
-        if not math.isfinite(ce):
-            status = "diverged"
-    if status != "diverged":
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step == steps_per_epoch:
+                    epoch1_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if step % config.check_every == 0:
+                    status = _outcome(check(), config.target_ce)
+                    if status is not None:
+                        break
+            epoch += 1
         if ce_checks[-1][0] != step:
-            ce = check()
-        status = "done" if ce <= config.target_ce else "not-converged"
+            # The check at the final update (budget spent, or a non-finite training loss).
+            final = _outcome(check(), config.target_ce)
+            status = status or final
+    status = status or "not-converged"
     model.eval()
     train_ce, train_error = evaluate(model, inputs, labels)
-    test_ce, test_error = evaluate(model, *dataset.test)
+    test_inputs, test_labels = (tensor.to(device) for tensor in dataset.test)
+    test_ce, test_error = (
+        evaluate(model, test_inputs, test_labels) if len(test_labels) else (math.nan, math.nan)
+    )
     metrics = {
         "train_ce": train_ce,
         "train_error": train_error,

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import genmeasures as gm
+from genmeasures.cli import main
+
+TRAIN = ["measure", "--dataset", "digits", "--train-size", "200", "--width", "32", "--depth", "1"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("GENMEASURES_CACHE", str(folder))
+    return folder
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_shows_every_measure(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    names = [spec.name for spec in gm.list_measures()]
+    assert names
+    listed = [line.split()[0] for line in out.splitlines()[1 : len(names) + 1]]
+    assert listed == names
+    assert f"{len(names)} measures" in out
+
+
+def test_list_filters_by_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "*spec*")
+    assert code == 0
+    expected = {spec.name for spec in gm.list_measures("*spec*")}
+    assert expected and all("spec" in name for name in expected)
+    rows = out.splitlines()[1 : len(expected) + 1]
+    assert {row.split()[0] for row in rows} == expected
+    assert "param-norm" not in out
+
+
+def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [row["name"] for row in rows] == [spec.name for spec in gm.list_measures()]
+    assert {"name", "eq", "family", "needs", "stochastic", "description"} <= set(rows[0])
+    code, out, _ = run(capsys, "list", "*spec*", "--json")
+    assert [row["name"] for row in json.loads(out)] == [s.name for s in gm.list_measures("*spec*")]
+
+
+def test_list_without_match_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "list", "no-such-*")
+    assert code == 1
+    assert out == ""
+    assert "no-such-*" in err
+
+
+def test_measure_train_save_and_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "model"
+    measures = ["--measures", "param-norm", "path-norm"]
+    code, out, err = run(capsys, *TRAIN, *measures, "--json", "--save", str(folder))
+    assert code == 0, err
+    trained = json.loads(out)
+    assert list(trained) == ["param-norm", "path-norm"]
+    for result in trained.values():
+        assert result["status"] == "ok"
+        assert math.isfinite(result["value"]) and result["value"] > 0
+    assert "trained mlp on digits: done" in err
+    assert {p.name for p in folder.iterdir()} >= {
+        "final.safetensors",
+        "init.safetensors",
+        "model.json",
+    }
+
+    code, out, err = run(
+        capsys,
+        "measure",
+        "--dataset", "digits",
+        "--train-size", "200",
+        "--weights", str(folder / "final.safetensors"),
+        "--spec", str(folder / "model.json"),
+        "--init", str(folder / "init.safetensors"),
+        "--measures", "frob-distance", "param-norm",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    loaded = json.loads(out)
+    assert "trained" not in err
+    assert loaded["param-norm"]["value"] == pytest.approx(trained["param-norm"]["value"], rel=1e-12)
+    assert math.isfinite(loaded["frob-distance"]["value"]) and loaded["frob-distance"]["value"] > 0
+
+
+def test_measure_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *TRAIN, "--max-epochs", "1", "--measures", "num-params")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "value" in lines[0]
+    assert any(line.startswith("num-params") for line in lines)
+
+
+def test_unknown_measure_suggests_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *TRAIN, "--max-epochs", "1", "--measures", "param-nrom")
+    assert code == 2
+    assert out == ""
+    assert "param-nrom" in err and "param-norm" in err
+    assert err.startswith("genmeasures: error:")
+
+
+def test_weights_without_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = str(tmp_path / "final.safetensors")
+    code, out, err = run(capsys, "measure", "--dataset", "digits", "--weights", weights)
+    assert (code, out) == (2, "")
+    assert "--spec" in err
+    code, _, err = run(capsys, "measure", "--dataset", "digits", "--init", weights)
+    assert code == 2
+    assert "--weights" in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "model.json"
+    spec.write_text(
+        json.dumps({"name": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "hparams": {}})
+    )
+    weights = tmp_path / "missing.safetensors"
+    argv = ["measure", "--dataset", "digits", "--train-size", "200", "--measures", "param-norm"]
+    code, out, err = run(capsys, *argv, "--weights", str(weights), "--spec", str(spec))
+    assert (code, out) == (2, "")
+    assert str(weights) in err and "does not exist" in err
+    code, _, err = run(
+        capsys, *argv, "--weights", str(weights), "--spec", str(tmp_path / "no.json")
+    )
+    assert code == 2
+    assert "no.json" in err
+
+
+def test_bad_arguments_exit_with_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["measure", "--dataset", "no-such-dataset"])
+    assert exit_info.value.code == 2
+    assert "no-such-dataset" in capsys.readouterr().err
+
+
+def test_console_script_version() -> None:
+    script = Path(sys.executable).with_name("genmeasures")
+    command = str(script) if script.exists() else shutil.which("genmeasures")
+    assert command, "the genmeasures console script is not installed"
+    done = subprocess.run(
+        [command, "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"genmeasures {gm.__version__}"
