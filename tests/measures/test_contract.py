@@ -11,33 +11,6 @@ import genmeasures as gm
 
 ALL = [spec.name for spec in gm.list_measures()]
 
-ISSUE_MEASURES = {
-    "cross-entropy",
-    "inverse-margin",
-    "neg-entropy",
-    "input-grad-norm",
-    "vc-dim",
-    "num-params",
-    "spec-init",
-    "spec-orig",
-    "spec-init-main",
-    "spec-orig-main",
-    "prod-of-spec-over-margin",
-    "prod-of-spec",
-    "fro-over-spec",
-    "sum-of-spec-over-margin",
-    "sum-of-spec",
-    "prod-of-fro-over-margin",
-    "prod-of-fro",
-    "sum-of-fro-over-margin",
-    "sum-of-fro",
-    "frob-distance",
-    "spec-dist",
-    "param-norm",
-    "path-norm-over-margin",
-    "path-norm",
-    "fisher-rao",
-}
 SPECTRAL = {
     "spec-init",
     "spec-orig",
@@ -49,6 +22,23 @@ SPECTRAL = {
     "sum-of-spec-over-margin",
     "sum-of-spec",
     "spec-dist",
+}
+ISSUE_MEASURES = SPECTRAL | {
+    "cross-entropy",
+    "inverse-margin",
+    "neg-entropy",
+    "input-grad-norm",
+    "vc-dim",
+    "num-params",
+    "prod-of-fro-over-margin",
+    "prod-of-fro",
+    "sum-of-fro-over-margin",
+    "sum-of-fro",
+    "frob-distance",
+    "param-norm",
+    "path-norm-over-margin",
+    "path-norm",
+    "fisher-rao",
 }
 
 

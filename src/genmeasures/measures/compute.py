@@ -173,32 +173,28 @@ def _run_one(
     if spec.stochastic != "no":
         recorded["seed"] = ctx.seed
     start = time.perf_counter()
+
+    def without_value(status: str, message: str) -> MeasureResult:
+        return MeasureResult(
+            name=spec.name,
+            value=math.nan,
+            converged=status == "undefined",
+            seconds=time.perf_counter() - start,
+            params=recorded,
+            status=status,
+            message=message,
+        )
+
     try:
         output = spec.fn(ctx, **params)
     except (MissingInputError, UnsupportedLayerError) as error:
         if explicit:
             raise type(error)(f"measure {spec.name!r}: {error}") from error
         status = "missing" if isinstance(error, MissingInputError) else "unsupported"
-        return MeasureResult(
-            name=spec.name,
-            value=math.nan,
-            converged=False,
-            seconds=time.perf_counter() - start,
-            params=recorded,
-            status=status,
-            message=str(error),
-        )
+        return without_value(status, str(error))
     except UndefinedMeasure as undefined:
         warnings.warn(f"{spec.name}: {undefined}", GenMeasuresWarning, stacklevel=3)
-        return MeasureResult(
-            name=spec.name,
-            value=math.nan,
-            converged=True,
-            seconds=time.perf_counter() - start,
-            params=recorded,
-            status="undefined",
-            message=str(undefined),
-        )
+        return without_value("undefined", str(undefined))
     except GenMeasuresError as error:
         raise type(error)(f"measure {spec.name!r}: {error}") from error
     if not output.converged:

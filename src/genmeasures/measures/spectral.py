@@ -312,13 +312,18 @@ def spec_orig(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     return _Spectral(ctx, variant).bound(ctx.frobenius_norms())
 
 
+def _main_terms(ctx: MeasureContext, variant: str, numerators: np.ndarray) -> MeasureOutput:
+    """Π_i ‖W_i‖₂² Σ_j num_j²/‖W_j‖₂² / γ², the main terms of eqs 25-26, in log space."""
+    spectral = _Spectral(ctx, variant)
+    ratio = spectral.ratio_sum(numerators)
+    gamma = ctx.positive_margin
+    return spectral.output(spectral.log_product + float(_log(ratio)) - 2 * math.log(gamma))
+
+
 @_register_both("spec-init-main", eq="27 (=29)", needs=("data", "shape", "init"))
 def spec_init_main(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     """Main terms of eq 25: Π‖W_i‖₂² Σ_j ‖W_j−W_j⁰‖_F²/‖W_j‖₂² / γ² (eq 27)."""
-    spectral = _Spectral(ctx, variant)
-    gamma = ctx.positive_margin
-    ratio = spectral.ratio_sum(ctx.distance_frobenius_norms())
-    return spectral.output(spectral.log_product + float(_log(ratio)) - 2 * math.log(gamma))
+    return _main_terms(ctx, variant, ctx.distance_frobenius_norms())
 
 
 @_register_both(
@@ -326,10 +331,7 @@ def spec_init_main(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
 )
 def spec_orig_main(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     """Main terms of eq 26: Π‖W_i‖₂² Σ_j ‖W_j‖_F²/‖W_j‖₂² / γ² (eq 28)."""
-    spectral = _Spectral(ctx, variant)
-    gamma = ctx.positive_margin
-    ratio = spectral.ratio_sum(ctx.frobenius_norms())
-    return spectral.output(spectral.log_product + float(_log(ratio)) - 2 * math.log(gamma))
+    return _main_terms(ctx, variant, ctx.frobenius_norms())
 
 
 @_register_both(
