@@ -92,14 +92,22 @@ def _list(args: argparse.Namespace) -> int:
         for spec in list_measures(args.pattern)
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
     elif rows:
-        print(pd.DataFrame(rows).to_string(index=False))
+        print(_left_aligned(rows))
         print(f"\n{len(rows)} measures. Definitions: MEASURES.md (see README).")
     else:
         print(f"no measure matches {args.pattern!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def _left_aligned(rows: list[dict[str, str]]) -> str:
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    lines = [[c.ljust(widths[c]) for c in columns]]
+    lines += [[str(row[c]).ljust(widths[c]) for c in columns] for row in rows]
+    return "\n".join("  ".join(line).rstrip() for line in lines)
 
 
 def _train(
@@ -209,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GenMeasuresError as error:
         print(f"genmeasures: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) closed the pipe: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
     aliases=("sum-of-fro/margin", "frob product dd/2 om"),
 )
 def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
-    """D (Π_i ‖W_i‖_F² / γ²)^{1/d} (eq 38; γ² inside the power)."""
+    """Depth times the geometric mean: d (Π_i ‖W_i‖_F² / γ²)^{1/d} (eq 38; γ² inside)."""
     log_product, d = _log_fro_product(ctx), ctx.num_layers
     gamma = ctx.positive_margin
     log_value = math.log(d) + (log_product - 2 * math.log(gamma)) / d
@@ -65,7 +65,7 @@ def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
 
 @register_measure("sum-of-fro", eq=39, family="norm", aliases=("frob product dd/2",))
 def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
-    """D (Π_i ‖W_i‖_F²)^{1/d} (eq 39)."""
+    """Depth times the geometric mean: d (Π_i ‖W_i‖_F²)^{1/d} (eq 39)."""
     d = ctx.num_layers
     return from_log(math.log(d) + _log_fro_product(ctx) / d)
 

@@ -372,7 +372,7 @@ def fro_over_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     aliases=("sum-of-spec/margin", "spectral produce dd/2 om"),
 )
 def sum_of_spec_over_margin(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
-    """D (Π_i ‖W_i‖₂² / γ²)^{1/d} (eq 34; γ² inside the power)."""
+    """Depth times the geometric mean: d (Π_i ‖W_i‖₂² / γ²)^{1/d} (eq 34; γ² inside)."""
     spectral = _Spectral(ctx, variant)
     d = ctx.num_layers
     gamma = ctx.positive_margin
@@ -381,7 +381,7 @@ def sum_of_spec_over_margin(ctx: MeasureContext, *, variant: str) -> MeasureOutp
 
 @_register_both("sum-of-spec", eq=35, needs=("shape",), aliases=("spectral product dd/2",))
 def sum_of_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
-    """D (Π_i ‖W_i‖₂²)^{1/d} (eq 35)."""
+    """Depth times the geometric mean: d (Π_i ‖W_i‖₂²)^{1/d} (eq 35)."""
     spectral = _Spectral(ctx, variant)
     d = ctx.num_layers
     return spectral.output(math.log(d) + spectral.log_product / d)
