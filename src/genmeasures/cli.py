@@ -72,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     loaded.add_argument("--spec", type=Path, default=None, help="model spec (.json)")
     loaded.add_argument("--init", type=Path, default=None, help="initial weights (.safetensors)")
     measure.add_argument(
-        "--measures", nargs="+", default=["all"], help="names or one glob pattern (default: all)"
+        "--measures",
+        nargs="+",
+        default=["all"],
+        help="names, aliases or glob patterns (default: all)",
     )
     measure.add_argument("--seed", type=int, default=0)
     measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -148,8 +151,7 @@ def _train(
 
 
 def _measure(args: argparse.Namespace) -> int:
-    selection = args.measures[0] if len(args.measures) == 1 else args.measures
-    resolve_measures(selection)  # a misspelt name fails before any training
+    resolve_measures(args.measures)  # a misspelt name fails before any training
     load = args.weights is not None or args.spec is not None or args.init is not None
     if load and (args.weights is None or args.spec is None):
         raise GenMeasuresError(
@@ -173,7 +175,7 @@ def _measure(args: argparse.Namespace) -> int:
             results = compute(
                 model,
                 dataset,
-                measures=selection,
+                measures=args.measures,
                 init_model=init_model,
                 records=records,
                 seed=args.seed,

@@ -44,6 +44,15 @@ def test_patterns_select_in_catalog_order():
     ]
 
 
+def test_a_list_mixes_names_and_patterns_and_only_names_are_explicit(data):
+    model = tiny_mlp()
+    with pytest.raises(gm.MissingInputError, match="frob-distance"):
+        gm.compute(model, data, measures=["frob*", "frob-distance"])
+    results = gm.compute(model, data, measures=["frob*", "param-norm", "frob*"])
+    assert list(results) == ["frob-distance", "param-norm"]
+    assert results["frob-distance"].status == "missing"
+
+
 def test_pattern_matching_nothing_is_an_error(data):
     with pytest.raises(gm.MeasureError, match="matches no measure"):
         gm.compute(tiny_mlp(), data, measures="*nothing*")
@@ -99,7 +108,8 @@ def test_spectral_variant_is_fixed_by_the_name_not_an_option(data):
         ({"batch_size": 0}, "batch_size must be a positive int"),
         ({"seed": 1.5}, "seed must be an int"),
         ({"init_model": 3}, "init_model must be"),
-        ({"measures": [1, 2]}, "list of names"),
+        ({"measures": [1, 2]}, "a list of them"),
+        ({"measures": []}, "a list of them"),
     ],
 )
 def test_bad_arguments_are_rejected_with_what_was_expected(kwargs, message, data):

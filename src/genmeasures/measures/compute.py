@@ -55,7 +55,7 @@ def compute(
         data: The training set the model was trained on, as a :class:`~genmeasures.data.Dataset`
             (its ``train`` split is used) or ``(inputs, labels)``; None for measures that need
             only the architecture.
-        measures: ``"all"``, a glob pattern (``"*spec*"``), a name, or a list of names/aliases.
+        measures: ``"all"``, a glob pattern (``"*spec*"``), a name or alias, or a list of them.
         init_model: The network before the first optimizer update, for the init-relative
             measures.
         records: Training-time records (``MEASURES.md`` §2.5).
@@ -89,7 +89,8 @@ def compute(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}")
     inputs, labels = _training_set(data)
-    specs, explicit = resolve_measures(measures)
+    selected = resolve_measures(measures)
+    specs = [spec for spec, _ in selected]
     params_by_name = _validated_options(specs, options or {})
     device = torch.device(device) if device is not None else _model_device(model)
     input_shape = (
@@ -107,7 +108,7 @@ def compute(
         input_shape=None if input_shape is None else tuple(input_shape),
     )
     results = []
-    for index, spec in enumerate(specs):
+    for index, (spec, explicit) in enumerate(selected):
         results.append(_run_one(spec, ctx, params_by_name[spec.name], explicit=explicit))
         if progress is not None:
             progress(spec.name, index + 1, len(specs))

@@ -197,37 +197,36 @@ def _catalog_order(spec: MeasureSpec) -> tuple[float, str]:
     return (float(number) if number.isdigit() else float("inf"), spec.name)
 
 
-def resolve_measures(measures: str | Iterable[str]) -> tuple[list[MeasureSpec], bool]:
+def resolve_measures(measures: str | Iterable[str]) -> list[tuple[MeasureSpec, bool]]:
     """Turn the ``measures`` argument of :func:`genmeasures.compute` into specs.
 
     Args:
-        measures: ``"all"``, a glob pattern, a single name, or a list of names.
+        measures: ``"all"``, a name, a glob pattern, or a list of names and patterns.
 
     Returns:
-        The specs, and whether they were named explicitly (a missing input is then an error
-        rather than a result reported as missing).
+        Each selected spec once, in the order given, with whether it was named explicitly (a
+        missing input is then an error rather than a result reported as missing).
 
     Raises:
         UnknownMeasureError: for a name that is not registered.
         MeasureError: for a pattern that matches nothing or a malformed argument.
     """
-    if isinstance(measures, str):
-        if measures == "all" or any(ch in measures for ch in "*?["):
-            specs = list_measures(measures)
+    items = [measures] if isinstance(measures, str) else list(measures)
+    if not items or not all(isinstance(item, str) for item in items):
+        raise MeasureError(
+            f"measures must be 'all', a name, a glob pattern or a list of them, got {measures!r}"
+        )
+    selected: dict[str, tuple[MeasureSpec, bool]] = {}
+    for item in items:
+        if item == "all" or any(ch in item for ch in "*?["):
+            specs = list_measures(item)
             if not specs:
                 raise MeasureError(
-                    f"measures pattern {measures!r} matches no measure; run `genmeasures list`"
+                    f"measures pattern {item!r} matches no measure; run `genmeasures list`"
                 )
-            return specs, False
-        return [get_measure(measures)], True
-    names = list(measures)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise MeasureError(
-            f"measures must be 'all', a glob pattern or a list of names, got {measures!r}"
-        )
-    specs = []
-    for name in names:
-        spec = get_measure(name)
-        if spec not in specs:
-            specs.append(spec)
-    return specs, True
+            for spec in specs:
+                selected.setdefault(spec.name, (spec, False))
+        else:
+            spec = get_measure(item)
+            selected[spec.name] = (spec, True)
+    return list(selected.values())
