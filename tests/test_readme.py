@@ -1,0 +1,28 @@
+"""The README's Python example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path))
+    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    exec(compile(code, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "prod-of-spec" in printed
+    assert "spectral" in printed
+
+
+def test_readme_quick_start_has_exactly_two_commands():
+    text = README.read_text()
+    quick_start = text[text.index("## Quick start") :]
+    (block,) = re.findall(r"```bash\n(.*?)```", quick_start, re.S)[:1]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "genmeasures measure" in commands[0]
+    assert "pytest" in commands[1]
+    assert all("torch==2.13.0" in command for command in commands)
