@@ -214,5 +214,4 @@ def _run_one(
         log_value=output.log_value,
         per_layer=output.per_layer,
         extra=output.extra,
-        message=output.extra.get("message"),
     )
