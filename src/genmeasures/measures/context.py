@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import zlib
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from torch import nn
 from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
 from genmeasures.measures.result import UndefinedMeasure
 from genmeasures.models import WeightLayer, fold_batchnorm, weight_layers
+from genmeasures.seeding import derive_seed
 
 T = TypeVar("T")
 
@@ -28,22 +28,6 @@ DELTA = 0.01
 
 #: The margin is the k-th smallest training margin with k = max(1, ⌊m / MARGIN_QUANTILE_DIVISOR⌋).
 MARGIN_QUANTILE_DIVISOR = 10
-
-
-def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
-    """Derive the torch seed of one random stream (``MEASURES.md`` §1.6).
-
-    The derivation is ``SeedSequence(seed, spawn_key=(crc32(purpose), index))``, whose first 63
-    bits seed a ``torch.Generator``. It is stable across machines and library versions.
-
-    Args:
-        seed: The measure's ``seed`` argument.
-        purpose: Which stream, e.g. ``"power-iteration/features.0/weight"``.
-        index: Draw or restart index within that purpose.
-    """
-    purpose_id = zlib.crc32(purpose.encode("utf-8"))
-    state = np.random.SeedSequence(seed, spawn_key=(purpose_id, index)).generate_state(2)
-    return (int(state[0]) << 31 | int(state[1])) & ((1 << 63) - 1)
 
 
 class MeasureContext:

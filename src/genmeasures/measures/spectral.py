@@ -29,8 +29,6 @@ from genmeasures.measures.registry import MeasureFn, register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure, from_log
 from genmeasures.models import ConvGeometry, WeightLayer
 
-VARIANTS = ("operator", "reshaped")
-
 #: Power-iteration defaults of ``MEASURES.md`` §2.3 (the fallback of :func:`operator_norm`).
 POWER_TOL = 1e-7
 POWER_MAX_ITER = 1000

@@ -7,9 +7,9 @@ appendix C): the training cross-entropy is estimated in eval mode at ``t = 0``, 
 or below the target.
 
 Seeding: three independent streams are derived from ``TrainingConfig.seed`` with
-``numpy.random.SeedSequence(seed, spawn_key=(purpose,))`` (purpose 0: the data order, 1: the
-loss-check draws ``check_gen``, 2: the torch CPU RNG used by dropout during training, forked so
-that the caller's global RNG state is left unchanged). Recording therefore never changes training.
+:func:`genmeasures.seeding.derive_seed`: the data order, the loss-check draws ``check_gen``, and the
+torch CPU RNG used by dropout during training (forked, so that the caller's global RNG state is
+left unchanged). Recording therefore never changes training.
 """
 
 from __future__ import annotations
@@ -23,19 +23,23 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genmeasures.data import Dataset
 from genmeasures.errors import GenMeasuresError
+from genmeasures.seeding import derive_seed
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 CE_CHECK_MODES = ("minibatch", "full")
 
-#: ``SeedSequence`` spawn keys of the streams derived from the run seed.
-ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = 0, 1, 2
+#: Purposes of the random streams derived from the run seed.
+ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = (
+    "training/data-order",
+    "training/loss-check",
+    "training/torch",
+)
 
 #: Called at every loss check with (optimizer updates so far, estimated training cross-entropy).
 CheckCallback = Callable[[int, float], None]
@@ -128,20 +132,6 @@ class TrainingRun:
     status: str
     records: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def derive_seed(seed: int, purpose: int) -> int:
-    """The seed of one stream derived from a run seed (``numpy.random.SeedSequence``).
-
-    Args:
-        seed: The run seed, an int in ``[0, 2**64)``.
-        purpose: The stream's spawn key (:data:`ORDER_STREAM`, :data:`CHECK_STREAM`, ...).
-
-    Returns:
-        A 64-bit seed for ``torch.Generator.manual_seed``.
-    """
-    state = np.random.SeedSequence(seed, spawn_key=(purpose,)).generate_state(1, np.uint64)
-    return int(state[0])
 
 
 def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
