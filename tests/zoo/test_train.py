@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_blobs
+from torch import nn
 
 import genmeasures as gm
 from genmeasures.data import Dataset
@@ -14,6 +16,7 @@ from genmeasures.zoo.train import (
     TrainingError,
     TrainingRun,
     evaluate,
+    learning_rate,
     train_to_target,
 )
 
@@ -29,6 +32,11 @@ def train(
     settings = {"lr": 0.05, "batch_size": 8, "check_every": 3, "check_batches": 5} | config
     model = mlp(data, seed=model_seed, **(model_kwargs or {}))
     return train_to_target(model, data, TrainingConfig(**settings))
+
+
+def as_float64(data: Dataset) -> Dataset:
+    (x, y), (x_test, y_test) = data.train, data.test
+    return Dataset(data.name, (x.double(), y), (x_test.double(), y_test), 2, data.input_shape)
 
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -299,3 +307,48 @@ def test_evaluate_restores_the_mode_and_counts_errors(blobs: Dataset) -> None:
         logits = model.eval()(inputs)
     assert ce == pytest.approx(float(F.cross_entropy(logits.double(), labels)), rel=1e-12)
     assert error == float((logits.argmax(1) != labels).float().mean())
+
+
+def test_decoupled_weight_decay_shrinks_before_the_update(blobs: Dataset) -> None:
+    # One full-batch update with lr η and decay λ: ϑ ← (1 − ηλ)ϑ − η∇L(ϑ).
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2).double()
+    reference = copy.deepcopy(model)
+    data = as_float64(blobs)
+    config = TrainingConfig(
+        lr=0.1, weight_decay=0.5, batch_size=len(blobs.train[1]), max_epochs=1, target_ce=1e-9
+    )
+    train_to_target(model, data, config)
+    params = list(reference.parameters())
+    loss = F.cross_entropy(reference(data.train[0]), data.train[1])
+    grads = torch.autograd.grad(loss, params)  # at ϑ, as AdamW: decay and update both use ϑ
+    for p, g, trained in zip(params, grads, model.parameters(), strict=True):
+        expected = (1 - 0.1 * 0.5) * p.detach() - 0.1 * g
+        torch.testing.assert_close(trained, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_l2_is_the_penalty_on_the_loss(blobs: Dataset) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2).double()
+    reference = copy.deepcopy(model)
+    data = as_float64(blobs)
+    config = TrainingConfig(
+        lr=0.1, l2=0.3, batch_size=len(blobs.train[1]), max_epochs=1, target_ce=1e-9
+    )
+    train_to_target(model, data, config)
+    params = list(reference.parameters())
+    loss = F.cross_entropy(reference(data.train[0]), data.train[1])
+    loss = loss + 0.3 / 2 * sum((p**2).sum() for p in params)
+    grads = torch.autograd.grad(loss, params)
+    for p, g, trained in zip(params, grads, model.parameters(), strict=True):
+        torch.testing.assert_close(trained, p.detach() - 0.1 * g, rtol=1e-12, atol=1e-12)
+
+
+def test_learning_rate_drops_tenfold_at_each_milestone() -> None:
+    config = TrainingConfig(lr=0.5, lr_milestones=(3, 5))
+    assert [learning_rate(config, t) for t in range(7)] == pytest.approx(
+        [0.5, 0.5, 0.5, 0.05, 0.05, 0.005, 0.005]
+    )
+    assert TrainingConfig(lr_milestones=[3, 5]).lr_milestones == (3, 5)
+    with pytest.raises(TrainingError, match="lr_milestones"):
+        TrainingConfig(lr_milestones=(5, 3))

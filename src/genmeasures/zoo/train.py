@@ -63,9 +63,17 @@ class TrainingConfig:
 
     Attributes:
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or ``"rmsprop"``.
-        lr: Learning rate.
+        lr: Initial learning rate η.
         batch_size: Training batch size b.
-        weight_decay: The optimizer's weight decay coefficient λ.
+        l2: Coefficient λ of the L2 penalty (λ/2)·‖ϑ‖² on all trainable parameters, added to the
+            training loss (so its gradient λϑ passes through momentum and adaptive scaling; this
+            is the optimizer's ``weight_decay`` argument in PyTorch and Jiang et al.'s
+            "regularization coefficient"). The loss checks measure the data cross-entropy only.
+        weight_decay: Coefficient λ of decoupled weight decay (Loshchilov & Hutter 2019):
+            ϑ ← (1 − η_t·λ)·ϑ before every optimizer update, as ``torch.optim.AdamW`` does.
+        lr_milestones: Steps t at which the learning rate is multiplied by 0.1 (Jiang et al.
+            2020, appendix C.3: 60000 and 90000); the update after ``t`` milestones have passed
+            uses η·0.1^k.
         target_ce: Stop at the first check whose training cross-entropy is ≤ this.
         max_epochs: Budget; a model still above the target after it is ``not-converged``.
         check_every: C, optimizer updates between loss checks.
@@ -81,7 +89,9 @@ class TrainingConfig:
     optimizer: str = "sgd"
     lr: float = 0.01
     batch_size: int = 64
+    l2: float = 0.0
     weight_decay: float = 0.0
+    lr_milestones: tuple[int, ...] = ()
     target_ce: float = 0.01
     max_epochs: int = 300
     check_every: int = 100
@@ -98,9 +108,22 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (_is_real(value) and math.isfinite(value) and value > 0):
                 raise TrainingError(f"{name} must be a finite positive number, got {value!r}")
-        value = self.weight_decay
-        if not (_is_real(value) and math.isfinite(value) and value >= 0):
-            raise TrainingError(f"weight_decay must be a finite number ≥ 0, got {value!r}")
+        for name in ("l2", "weight_decay"):
+            value = getattr(self, name)
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        milestones = self.lr_milestones
+        if isinstance(milestones, list):  # as read back from JSON
+            milestones = tuple(milestones)
+            object.__setattr__(self, "lr_milestones", milestones)
+        if not (
+            isinstance(milestones, tuple)
+            and all(_is_int(t) and t >= 1 for t in milestones)
+            and list(milestones) == sorted(set(milestones))
+        ):
+            raise TrainingError(
+                f"lr_milestones must be a tuple of increasing positive ints, got {milestones!r}"
+            )
         for name in ("batch_size", "max_epochs", "check_every", "check_batches"):
             value = getattr(self, name)
             if not (_is_int(value) and value >= 1):
@@ -139,10 +162,24 @@ def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opt
     if not params:
         raise TrainingError("model has no trainable parameters")
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.l2)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.l2)
+    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.l2)
+
+
+def learning_rate(config: TrainingConfig, step: int) -> float:
+    """The learning rate of the update that follows ``step`` completed updates."""
+    passed = sum(1 for milestone in config.lr_milestones if step >= milestone)
+    return config.lr * 0.1**passed
+
+
+def _decay_weights(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Decoupled weight decay: ϑ ← (1 − η_t·λ)·ϑ, with the learning rate of this update."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.mul_(1 - group["lr"] * weight_decay)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -316,6 +353,10 @@ def train_to_target(
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
+                if config.weight_decay:
+                    _decay_weights(optimizer, config.weight_decay)
                 optimizer.step()
                 step += 1
                 if step == steps_per_epoch:
@@ -354,7 +395,7 @@ def train_to_target(
         "check_batches": config.check_batches,
         "ce_check": config.ce_check,
         "check_seed": check_seed,
-        "config": asdict(config),
+        "config": asdict(config) | {"lr_milestones": list(config.lr_milestones)},
     }
     return TrainingRun(
         model=model, init_model=init_model, status=status, records=records, metrics=metrics
