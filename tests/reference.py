@@ -123,3 +123,22 @@ def entropy_terms_by_loop(logits: np.ndarray) -> float:
         p = shifted / shifted.sum()
         values.append(sum(pc * np.log(pc) for pc in p if pc > 0))
     return float(np.mean(values))
+
+
+def gradient_variance_by_loop(model: nn.Module, inputs, labels) -> float:
+    """Σ_j ‖g_j − ḡ‖² / n over every parameter, one backward pass per example, in eval mode.
+
+    ``g_j`` is the gradient of example j's cross-entropy with respect to all parameters of
+    ``model``; the gradients are stacked into an n × P matrix and the population variance is
+    taken column by column, then summed.
+    """
+    model = model.eval()
+    parameters = list(model.parameters())
+    rows = []
+    for x, y in zip(inputs, labels, strict=True):
+        loss = F.cross_entropy(model(x[None]), y[None])
+        grads = torch.autograd.grad(loss, parameters)
+        rows.append(torch.cat([g.detach().double().reshape(-1) for g in grads]))
+    gradients = torch.stack(rows).numpy()
+    deviations = gradients - gradients.mean(axis=0)
+    return float((deviations**2).sum() / len(gradients))

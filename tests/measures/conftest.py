@@ -61,13 +61,17 @@ def cnn_setup():
 
 @pytest.fixture(scope="session")
 def trained_bn_mlp():
-    """An MLP with BatchNorm trained on 300 digits to cross-entropy 0.05: (run, dataset)."""
+    """An MLP with BatchNorm trained on 300 digits to cross-entropy 0.01: (run, dataset).
+
+    The run's records (``MEASURES.md`` §2.5) reach both thresholds of eqs 63-64 and hold an
+    epoch-1 state, so every measure has a finite value.
+    """
     data = gm.load_dataset("digits", train_size=300, test_size=100)
     model = gm.build_model(
         "mlp", data.input_shape, data.num_classes, depth=2, width=32, batchnorm=True, seed=0
     )
     config = TrainingConfig(
-        lr=0.05, batch_size=32, target_ce=0.05, check_every=20, check_batches=10, max_epochs=100
+        lr=0.05, batch_size=32, target_ce=0.01, check_every=20, check_batches=10, max_epochs=100
     )
     run = train_to_target(model, data, config)
     assert run.status == "done"
@@ -76,17 +80,17 @@ def trained_bn_mlp():
 
 @pytest.fixture(scope="session")
 def trained_nin():
-    """A small Network-in-Network with BatchNorm trained on 300 digits: (run, dataset)."""
+    """A small Network-in-Network with BatchNorm trained on 300 digits to 0.01: (run, dataset)."""
     data = gm.load_dataset("digits", train_size=300, test_size=100)
     model = gm.build_model("nin", data.input_shape, data.num_classes, depth=1, width=16, seed=0)
     config = TrainingConfig(
         optimizer="adam",
-        lr=0.01,
+        lr=0.02,
         batch_size=32,
-        target_ce=0.1,
+        target_ce=0.01,
         check_every=20,
         check_batches=10,
-        max_epochs=100,
+        max_epochs=200,  # 620-880 updates to 0.01, depending on the thread count's rounding
     )
     run = train_to_target(model, data, config)
     assert run.status == "done"

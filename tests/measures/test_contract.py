@@ -40,10 +40,16 @@ ISSUE_MEASURES = SPECTRAL | {
     "path-norm",
     "fisher-rao",
 }
+OPTIMIZATION = {
+    "num-step-to-0.1-loss",
+    "num-step-0.1-to-0.01-loss",
+    "grad-noise-epoch-1",
+    "grad-noise-final",
+}
 
 
 def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_variants():
-    assert set(ALL) == ISSUE_MEASURES | {f"{name}-reshaped" for name in SPECTRAL}
+    assert set(ALL) == ISSUE_MEASURES | OPTIMIZATION | {f"{name}-reshaped" for name in SPECTRAL}
 
 
 @pytest.fixture(scope="module", params=["trained_bn_mlp", "trained_nin"])
@@ -76,10 +82,11 @@ def test_finite_value_on_a_small_trained_model(name, all_results):
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_gives_the_same_value(name, trained, all_results):
     run, data = trained
-    again = gm.compute(run.model, data, measures=[name], init_model=run.init_model, seed=3)
+    inputs = {"init_model": run.init_model, "records": run.records}
+    again = gm.compute(run.model, data, measures=[name], seed=3, **inputs)
     assert again[name].value == all_results[name].value
     if gm.get_measure(name).stochastic == "no*":
-        other_seed = gm.compute(run.model, data, measures=[name], init_model=run.init_model, seed=4)
+        other_seed = gm.compute(run.model, data, measures=[name], seed=4, **inputs)
         assert other_seed[name].value == pytest.approx(all_results[name].value, rel=1e-8)
 
 
@@ -94,18 +101,29 @@ def test_init_relative_measures_need_the_initial_model(name, trained):
     assert "init_model" in reported.message
 
 
+@pytest.mark.parametrize("name", [n for n in ALL if "records" in gm.get_measure(n).needs])
+def test_records_measures_need_the_training_records(name, trained):
+    run, data = trained
+    with pytest.raises(gm.MissingInputError, match=f"{name}.*training records"):
+        gm.compute(run.model, data, measures=[name], init_model=run.init_model)
+    reported = gm.compute(run.model, data, measures=name + "*")[name]
+    assert reported.status == "missing"
+    assert math.isnan(reported.value)
+    assert "records=" in reported.message
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if "data" in gm.get_measure(n).needs])
 def test_data_measures_need_the_training_set(name, trained):
     run, _ = trained
     with pytest.raises(gm.MissingInputError, match="training set"):
-        gm.compute(run.model, None, measures=[name], init_model=run.init_model)
+        gm.compute(run.model, None, measures=[name], init_model=run.init_model, records=run.records)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if not gm.get_measure(n).needs & {"data", "init"}])
 def test_measures_without_data_work_without_data(name, trained):
     run, data = trained
-    alone = gm.compute(run.model, None, measures=[name])[name]
-    with_data = gm.compute(run.model, data, measures=[name])[name]
+    alone = gm.compute(run.model, None, measures=[name], records=run.records)[name]
+    with_data = gm.compute(run.model, data, measures=[name], records=run.records)[name]
     assert alone.value == pytest.approx(with_data.value, rel=1e-10)
 
 
@@ -124,7 +142,14 @@ def test_compute_leaves_the_callers_model_untouched(trained):
 
 def test_batch_size_does_not_change_values(trained):
     run, data = trained
-    names = ["cross-entropy", "fisher-rao", "input-grad-norm", "inverse-margin", "neg-entropy"]
+    names = [
+        "cross-entropy",
+        "fisher-rao",
+        "grad-noise-final",
+        "input-grad-norm",
+        "inverse-margin",
+        "neg-entropy",
+    ]
     small = gm.compute(run.model, data, measures=names, batch_size=7).values
     large = gm.compute(run.model, data, measures=names, batch_size=10_000).values
     for name in names:

@@ -153,8 +153,10 @@ def test_every_measure_matches_its_formula(setup, request):
     for name, value in expected.items():
         assert results[name].value == pytest.approx(value, rel=1e-6), name
     missing = {spec.name for spec in gm.list_measures()} - set(expected)
-    # Only the path norm is checked separately (by path enumeration, MLP only).
-    assert missing == {"path-norm", "path-norm-over-margin"}
+    # The path norm is checked separately (by path enumeration, MLP only), the optimization
+    # measures in test_training.py (they need records and are not functions of the folded weights).
+    optimization = {spec.name for spec in gm.list_measures() if spec.family == "optimization"}
+    assert missing == {"path-norm", "path-norm-over-margin"} | optimization
 
 
 def test_path_norm_matches_enumeration_of_paths(mlp_setup):
@@ -209,7 +211,9 @@ def test_exactly_the_catalog_measures_containing_gamma_are_nan_when_gamma_is_not
     wrong = (model(inputs).argmax(dim=1) + 1) % 3  # every example misclassified
     with pytest.warns(gm.GenMeasuresWarning):
         results = gm.compute(model, (inputs, wrong), init_model=init)
-    undefined = {name for name, r in results.items() if math.isnan(r.value)}
+    undefined = {
+        name for name, r in results.items() if math.isnan(r.value) and r.status != "missing"
+    }
     expected = NAN_IF_MARGIN_NONPOSITIVE | {
         f"{n}-reshaped" for n in NAN_IF_MARGIN_NONPOSITIVE if f"{n}-reshaped" in results
     }
@@ -248,6 +252,8 @@ def test_measures_of_a_batchnorm_model_are_those_of_its_folded_network(trained_b
     with_bn = gm.compute(run.model, data, init_model=run.init_model)
     without_bn = gm.compute(folded, data, init_model=folded_init)
     for name in with_bn:
+        if gm.get_measure(name).family == "optimization":
+            continue  # taken in the unfolded parametrization by definition (MEASURES.md §3.8)
         assert with_bn[name].value == pytest.approx(without_bn[name].value, rel=1e-5), name
 
 
