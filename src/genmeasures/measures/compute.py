@@ -167,12 +167,27 @@ def _model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+def recorded_params(spec: MeasureSpec, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The parameters stored with a value: the validated ``params``, plus the seed if it matters.
+
+    Args:
+        spec: The measure.
+        params: Its full keyword arguments (:meth:`MeasureSpec.validate_params`).
+        seed: The seed of ``compute``; recorded only for measures with a random component.
+
+    Returns:
+        What :attr:`MeasureResult.params` will hold.
+    """
+    recorded = dict(params)
+    if spec.stochastic != "no":
+        recorded["seed"] = seed
+    return recorded
+
+
 def _run_one(
     spec: MeasureSpec, ctx: MeasureContext, params: dict[str, Any], *, explicit: bool
 ) -> MeasureResult:
-    recorded = dict(params)
-    if spec.stochastic != "no":
-        recorded["seed"] = ctx.seed
+    recorded = recorded_params(spec, params, ctx.seed)
     start = time.perf_counter()
 
     def without_value(status: str, message: str) -> MeasureResult:
