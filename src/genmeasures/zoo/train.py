@@ -235,18 +235,35 @@ def _estimate_ce(
         return evaluate(model, inputs, labels)[0]
     was_training = model.training
     model.eval()
-    m = len(labels)
-    batch = min(config.batch_size, m)
     total = 0.0
     try:
         with torch.no_grad():
-            for _ in range(config.check_batches):
-                index = torch.randperm(m, generator=check_gen)[:batch].to(inputs.device)
+            for index in check_indices(len(labels), config, check_gen).to(inputs.device):
                 logits = model(inputs[index])
                 total += float(F.cross_entropy(logits.double(), labels[index]))
     finally:
         model.train(was_training)
     return total / config.check_batches
+
+
+def check_indices(m: int, config: TrainingConfig, check_gen: torch.Generator) -> torch.Tensor:
+    """The example indices of one minibatch loss check (``MEASURES.md`` §2.5), on the CPU.
+
+    Each of the ``config.check_batches`` minibatches holds ``min(batch_size, m)`` examples drawn
+    uniformly without replacement (the first entries of one ``randperm`` from ``check_gen``).
+
+    Args:
+        m: Number of training examples.
+        config: Gives the batch size and the number of minibatches K.
+        check_gen: The run's loss-check generator; advanced by K permutations.
+
+    Returns:
+        An int64 tensor of shape ``(K, min(batch_size, m))``.
+    """
+    batch = min(config.batch_size, m)
+    return torch.stack(
+        [torch.randperm(m, generator=check_gen)[:batch] for _ in range(config.check_batches)]
+    )
 
 
 @contextmanager
@@ -323,9 +340,7 @@ def train_to_target(
     inputs, labels = (tensor.to(device) for tensor in dataset.train)
     m = len(labels)
     steps_per_epoch = math.ceil(m / config.batch_size)
-    order_gen = torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM))
-    check_seed = derive_seed(config.seed, CHECK_STREAM)
-    check_gen = torch.Generator().manual_seed(check_seed)
+    order_gen, check_gen, check_seed = training_streams(config)
     init_model = copy.deepcopy(model).eval()
     optimizer = _make_optimizer(model, config)
     ce_checks: list[tuple[int, float]] = []
@@ -371,6 +386,68 @@ def train_to_target(
             final = _outcome(check(), config.target_ce)
             status = status or final
     status = status or "not-converged"
+    return finish_run(
+        model,
+        init_model,
+        dataset,
+        config,
+        status=status,
+        ce_checks=ce_checks,
+        epoch1_state=epoch1_state,
+        check_seed=check_seed,
+        start=start,
+    )
+
+
+def training_streams(config: TrainingConfig) -> tuple[torch.Generator, torch.Generator, int]:
+    """The data-order and loss-check generators of a run, derived from ``config.seed``.
+
+    Args:
+        config: The run's configuration.
+
+    Returns:
+        ``(order_gen, check_gen, check_seed)``: CPU generators of the data order and of the loss
+        checks, and the seed of the latter (record R3 of ``MEASURES.md`` §2.5).
+    """
+    order_gen = torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM))
+    check_seed = derive_seed(config.seed, CHECK_STREAM)
+    return order_gen, torch.Generator().manual_seed(check_seed), check_seed
+
+
+def finish_run(
+    model: nn.Module,
+    init_model: nn.Module,
+    dataset: Dataset,
+    config: TrainingConfig,
+    *,
+    status: str,
+    ce_checks: list[tuple[int, float]],
+    epoch1_state: dict[str, torch.Tensor] | None,
+    check_seed: int,
+    start: float,
+) -> TrainingRun:
+    """Assemble the :class:`TrainingRun` of a finished run: final metrics and records.
+
+    The model is put in eval mode and evaluated exactly on both splits (:func:`evaluate`); the
+    number of steps is the ``t`` of the last loss check (Jiang et al. 2020, appendix C;
+    ``MEASURES.md`` §2.5).
+
+    Args:
+        model: The trained model.
+        init_model: Its copy before the first update, in eval mode.
+        dataset: The data it was trained on.
+        config: Its configuration.
+        status: ``"done"``, ``"not-converged"`` or ``"diverged"``.
+        ce_checks: Record R1, ending with the check at the final update.
+        epoch1_state: Record R2, or None.
+        check_seed: Seed of the loss-check generator (record R3).
+        start: ``time.perf_counter()`` when training started; ``seconds`` is measured from it.
+
+    Returns:
+        The run.
+    """
+    device = _model_device(model)
+    inputs, labels = (tensor.to(device) for tensor in dataset.train)
     model.eval()
     train_ce, train_error = evaluate(model, inputs, labels)
     test_inputs, test_labels = (tensor.to(device) for tensor in dataset.test)
@@ -383,14 +460,14 @@ def train_to_target(
         "test_ce": test_ce,
         "test_error": test_error,
         "gap": test_error - train_error,
-        "steps": float(step),
+        "steps": float(ce_checks[-1][0]),
         "seconds": time.perf_counter() - start,
     }
     records = {
         "ce_checks": ce_checks,
         "epoch1_state": epoch1_state,
         "batch_size": config.batch_size,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": math.ceil(len(labels) / config.batch_size),
         "check_every": config.check_every,
         "check_batches": config.check_batches,
         "ce_check": config.ce_check,
