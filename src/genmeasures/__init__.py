@@ -7,6 +7,7 @@ evaluation. The public API::
     data = gm.load_dataset("mnist1d")
     model = gm.build_model("mlp", data.input_shape, data.num_classes, depth=2, width=64)
     results = gm.compute(model, data, measures="*spec*", init_model=initial_copy)
+    zoo = gm.Zoo("runs/quick")  # a study folder made by `genmeasures train`
 """
 
 from importlib.metadata import version
@@ -33,6 +34,7 @@ from genmeasures.measures import (
     register_measure,
 )
 from genmeasures.models import build_model, fold_batchnorm, weight_layers
+from genmeasures.zoo import Zoo
 
 __version__ = version("genmeasures")
 
@@ -50,6 +52,7 @@ __all__ = [
     "Results",
     "UnknownMeasureError",
     "UnsupportedLayerError",
+    "Zoo",
     "__version__",
     "build_model",
     "compute",

@@ -1,1 +1,25 @@
-"""Model zoos: train populations of networks, store them, resume (Jiang et al. 2020, §2)."""
+"""Model zoos: train populations of networks, store them, resume (Jiang et al. 2020, §2).
+
+A space (:mod:`~genmeasures.zoo.space`) is a grid of hyperparameters; a study folder
+(:class:`~genmeasures.zoo.store.Zoo`) holds its models; :func:`train_zoo` trains the pending ones
+(in process, in a process pool or on Ray) and :func:`measure_zoo` computes measures of the
+finished ones.
+"""
+
+from genmeasures.zoo.executors import train_zoo
+from genmeasures.zoo.measuring import measure_zoo
+from genmeasures.zoo.space import Config, Space, SpaceError, list_presets, load_space
+from genmeasures.zoo.store import CorruptCheckpointError, StudyError, Zoo
+
+__all__ = [
+    "Config",
+    "CorruptCheckpointError",
+    "Space",
+    "SpaceError",
+    "StudyError",
+    "Zoo",
+    "list_presets",
+    "load_space",
+    "measure_zoo",
+    "train_zoo",
+]

@@ -145,20 +145,57 @@ def save_run(folder: str | os.PathLike, run: TrainingRun, spec: Mapping[str, Any
     Returns:
         The folder, as a :class:`~pathlib.Path`.
     """
+    return write_run(
+        folder,
+        final_state=run.model.state_dict(),
+        init_state=run.init_model.state_dict(),
+        records=run.records,
+        status=run.status,
+        metrics=run.metrics,
+        spec=spec,
+    )
+
+
+def write_run(
+    folder: str | os.PathLike,
+    *,
+    final_state: Mapping[str, torch.Tensor],
+    init_state: Mapping[str, torch.Tensor],
+    records: Mapping[str, Any],
+    status: str,
+    metrics: Mapping[str, float],
+    spec: Mapping[str, Any],
+) -> Path:
+    """Write a run given as state dicts (what a zoo worker sends back); see :func:`save_run`.
+
+    Args:
+        folder: The folder to write to (created if needed).
+        final_state: The trained model's parameters and buffers.
+        init_state: The initial model's parameters and buffers.
+        records: Training records (``MEASURES.md`` §2.5), with ``epoch1_state`` (or None).
+        status: The training status.
+        metrics: The final metrics.
+        spec: The model spec (:func:`model_spec`).
+
+    Returns:
+        The folder, as a :class:`~pathlib.Path`.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_state(folder / FINAL_FILE, run.model.state_dict())
-    save_state(folder / INIT_FILE, run.init_model.state_dict())
-    records = dict(run.records)
-    epoch1_state = records.pop("epoch1_state", None)
+    save_state(folder / FINAL_FILE, final_state)
+    save_state(folder / INIT_FILE, init_state)
+    json_records = dict(records)
+    epoch1_state = json_records.pop("epoch1_state", None)
     if epoch1_state:
         save_state(folder / EPOCH1_FILE, epoch1_state)
     else:
         (folder / EPOCH1_FILE).unlink(missing_ok=True)
-    records["ce_checks"] = [[int(t), _finite_or_none(ce)] for t, ce in records.get("ce_checks", [])]
-    records["status"] = run.status
-    records["metrics"] = {key: _finite_or_none(value) for key, value in run.metrics.items()}
-    _write_json(folder / RECORDS_FILE, records)
+    json_records["ce_checks"] = [
+        [int(t), _finite_or_none(ce)] for t, ce in json_records.get("ce_checks", [])
+    ]
+    json_records["status"] = status
+    json_records["metrics"] = {key: _finite_or_none(value) for key, value in metrics.items()}
+    _write_json(folder / RECORDS_FILE, json_records)
     save_spec(folder / SPEC_FILE, spec)
     return folder
 

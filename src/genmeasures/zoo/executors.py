@@ -1,0 +1,241 @@
+"""Train a study's pending models: in this process, in a local process pool, or on Ray.
+
+Workers only train and return :class:`~genmeasures.zoo.store.ModelResult` objects; the driver
+(the process that called :func:`train_zoo`) is the only writer of the study folder. Work is cut
+into units of configs that can share a vmapped batch (:func:`plan_units`); a pool or a Ray
+cluster runs units in parallel, each worker with one torch thread, since oversubscribed threads
+are far slower than one thread per process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from genmeasures.zoo.space import Config, canonical_json
+from genmeasures.zoo.store import ModelResult, StudyError, Zoo
+from genmeasures.zoo.worker import collect_unit, train_unit
+
+EXECUTORS = ("local", "ray")
+
+#: Most members in one vmapped unit: bounds what a kill can lose and what one worker holds.
+MAX_UNIT = 32
+
+#: Called after each stored result with (result, models finished so far, models to train).
+ResultCallback = Callable[[ModelResult, int, int], None]
+
+
+@dataclass
+class TrainSummary:
+    """What one :func:`train_zoo` call did.
+
+    Attributes:
+        trained: Results stored by this call, by status.
+        skipped: Models already finished before the call.
+        reset: Rows left ``running`` by a dead process and retried.
+        invalidated: Models whose checkpoint failed verification and were retrained.
+        seconds: Wall time of the call.
+    """
+
+    trained: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    reset: int = 0
+    invalidated: int = 0
+    seconds: float = 0.0
+
+
+def _unit_key(config: Config) -> str:
+    training = config.training
+    return canonical_json(
+        {
+            "data": config.data_hash,
+            "model": [config.model, config.model_hparams],
+            "batch": [
+                training.batch_size,
+                training.optimizer,
+                training.ce_check,
+                training.check_every,
+                training.check_batches,
+            ],
+        }
+    )
+
+
+def plan_units(
+    configs: Sequence[Config], *, batched: bool, workers: int = 1, max_unit: int = MAX_UNIT
+) -> list[list[Config]]:
+    """Cut configs into units of work, in grid order of their first member.
+
+    With ``batched``, configs that share data, architecture, batch size and optimizer (and the
+    loss-check settings) form one unit, split so that units have at most ``max_unit`` members
+    and, when there are fewer groups than ``workers``, so that every worker gets a unit.
+
+    Args:
+        configs: The configs to train.
+        batched: Group configs that can train together; otherwise one unit per config.
+        workers: Parallel workers that will run the units.
+        max_unit: Most members per unit.
+
+    Returns:
+        The units.
+    """
+    if not batched:
+        return [[config] for config in configs]
+    groups: dict[str, list[Config]] = defaultdict(list)
+    for config in configs:
+        groups[_unit_key(config)].append(config)
+    size = max_unit
+    if 0 < len(groups) < workers:
+        largest = max(len(group) for group in groups.values())
+        size = min(max_unit, max(1, -(-largest * len(groups) // workers)))
+    units = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return sorted(units, key=lambda unit: unit[0].index)
+
+
+def _run_in_process(
+    units: list[list[Config]],
+    zoo: Zoo,
+    data_root: str | None,
+    batched: bool,
+    store: Callable[[ModelResult], None],
+) -> None:
+    for unit in units:
+        zoo.mark_running(c.hash for c in unit)
+        train_unit(unit, data_root=data_root, batched=batched, emit=store)
+
+
+def _run_pool(
+    units: list[list[Config]],
+    zoo: Zoo,
+    data_root: str | None,
+    batched: bool,
+    store: Callable[[ModelResult], None],
+    workers: int,
+) -> None:
+    # Spawned (not forked) workers: a fork of a process that has run torch can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: dict[Future[list[ModelResult]], list[Config]] = {}
+        queue = list(units)
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                unit = queue.pop(0)
+                zoo.mark_running(c.hash for c in unit)
+                pending[pool.submit(collect_unit, unit, data_root, batched)] = unit
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.pop(future)
+                for result in future.result():
+                    store(result)
+
+
+def _run_ray(
+    units: list[list[Config]],
+    zoo: Zoo,
+    data_root: str | None,
+    batched: bool,
+    store: Callable[[ModelResult], None],
+    address: str | None,
+) -> None:
+    try:
+        import ray
+    except ImportError as error:
+        raise StudyError(
+            "--executor ray needs Ray: pip install 'genmeasures[ray]' (or pip install ray)"
+        ) from error
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+    try:
+        remote_unit = ray.remote(num_cpus=1)(collect_unit)
+        capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[ray.ObjectRef, list[Config]] = {}
+        queue = list(units)
+        while queue or pending:
+            while queue and len(pending) < 2 * capacity:
+                unit = queue.pop(0)
+                zoo.mark_running(c.hash for c in unit)
+                pending[remote_unit.remote(unit, data_root, batched)] = unit
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                for result in ray.get(ref):
+                    store(result)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def train_zoo(
+    zoo: Zoo,
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    data_root: str | None = None,
+    batched: bool = True,
+    retry_failed: bool = False,
+    on_result: ResultCallback | None = None,
+) -> TrainSummary:
+    """Train every pending model of a study and store the results; resumable.
+
+    Holds the study's lock for the whole call, so rows found ``running`` are left by a dead
+    process and are retried; finished rows are skipped; checkpoints of finished models are
+    verified first and retrained if they do not match their digests.
+
+    Args:
+        zoo: The study.
+        executor: ``"local"`` (this process when ``workers == 1``, else a process pool) or
+            ``"ray"``.
+        workers: Parallel worker processes for the local executor (each uses one torch thread).
+        address: Address of a running Ray cluster; None starts a local Ray instance.
+        data_root: Folder of file-based datasets (MNIST, CIFAR-10, SVHN).
+        batched: Train configs that share an architecture and batch size together (vmap).
+        retry_failed: Train ``failed`` models again.
+        on_result: Called after each stored result, e.g. to drive a progress bar.
+
+    Returns:
+        A :class:`TrainSummary`.
+
+    Raises:
+        StudyError: for an unknown executor, a bad worker count, a study in use by another
+            process, or Ray missing.
+    """
+    if executor not in EXECUTORS:
+        raise StudyError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise StudyError(f"workers must be a positive int, got {workers!r}")
+    start = time.perf_counter()
+    summary = TrainSummary()
+    with zoo.lock():
+        zoo.remove_temporary_files()
+        summary.reset = zoo.reset_stale()
+        summary.invalidated = len(zoo.verify_all())
+        configs = zoo.to_train(retry_failed=retry_failed)
+        summary.skipped = len(zoo.space) - len(configs)
+        parallel = 1 if executor == "local" and workers == 1 else workers
+        if executor == "ray":
+            parallel = max(workers, 2)
+        units = plan_units(configs, batched=batched, workers=parallel)
+        finished = 0
+
+        def store(result: ModelResult) -> None:
+            nonlocal finished
+            zoo.record(result)
+            finished += 1
+            summary.trained[result.status] = summary.trained.get(result.status, 0) + 1
+            if on_result is not None:
+                on_result(result, finished, len(configs))
+
+        if executor == "ray":
+            _run_ray(units, zoo, data_root, batched, store, address)
+        elif workers == 1:
+            _run_in_process(units, zoo, data_root, batched, store)
+        else:
+            _run_pool(units, zoo, data_root, batched, store, workers)
+    summary.seconds = time.perf_counter() - start
+    return summary

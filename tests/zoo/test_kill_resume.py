@@ -1,0 +1,104 @@
+"""SIGKILL a real `genmeasures train` at several moments, then resume: nothing lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from genmeasures.zoo.store import DATABASE_FILE, Zoo
+
+SPACE = """
+name = "kill-test"
+description = "8 tiny MLPs on digits, for the kill-and-resume test"
+
+[fixed]
+dataset = "digits"
+model = "mlp"
+depth = 1
+width = 8
+train_size = 300
+test_size = 100
+batch_size = 16
+target_ce = 0.05
+max_epochs = 200
+check_every = 20
+check_batches = 5
+
+[grid]
+lr = [0.05, 0.03, 0.02, 0.01]
+seed = [0, 1]
+"""
+
+
+def done_rows(study: Path) -> int:
+    try:
+        connection = sqlite3.connect(f"file:{study / DATABASE_FILE}?mode=ro", uri=True, timeout=5)
+        try:
+            query = "SELECT COUNT(*) FROM models WHERE status = 'done'"
+            return connection.execute(query).fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return -1
+
+
+def start(space: Path, study: Path, *extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "genmeasures.cli", "train", "--space", str(space)]
+    return subprocess.Popen(
+        [*command, "--out", str(study), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+
+
+def kill_when(process: subprocess.Popen[bytes], ready: callable, timeout: float = 120) -> bool:
+    """SIGKILL the process once ``ready()`` holds; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if ready():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.01)
+    process.kill()
+    pytest.fail("the training subprocess made no progress")
+
+
+@pytest.mark.parametrize("batch", [[], ["--no-batch"]], ids=["batched", "one-by-one"])
+def test_sigkill_at_any_moment_then_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: list[str]
+) -> None:
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    study = tmp_path / "study"
+    moments = [
+        lambda: (study / DATABASE_FILE).exists(),  # right after the study is created
+        lambda: done_rows(study) >= 1,  # just after a result was committed
+        lambda: done_rows(study) >= 3,
+    ]
+    kills = 0
+    for ready in moments:
+        kills += kill_when(start(space, study, *batch), ready)
+    assert kills >= 2, "the subprocess finished before it could be killed"
+    finish = start(space, study, *batch)
+    _, stderr = finish.communicate(timeout=300)
+    assert finish.returncode == 0, stderr.decode()
+    zoo = Zoo(study)
+    assert zoo.counts()["done"] == 8 and sum(zoo.counts().values()) == 8
+    table = zoo.table()
+    assert table.index.is_unique and len(table) == 8
+    assert zoo.verify_all() == []
+    for config in zoo.configs():
+        zoo.load(config.hash)
+    assert not [p for p in study.rglob(".*.tmp-*")]

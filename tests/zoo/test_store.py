@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from genmeasures.errors import GenMeasuresWarning
+from genmeasures.zoo.executors import plan_units, train_zoo
+from genmeasures.zoo.measuring import measure_zoo
+from genmeasures.zoo.space import Space, space_from_dict
+from genmeasures.zoo.store import (
+    CHECKPOINT_DIR,
+    DATABASE_FILE,
+    CorruptCheckpointError,
+    StudyError,
+    Zoo,
+)
+from genmeasures.zoo.worker import TRAINING_MEASURES
+
+FIXED = {
+    "dataset": "digits",
+    "model": "mlp",
+    "depth": 1,
+    "width": 8,
+    "train_size": 200,
+    "test_size": 100,
+    "batch_size": 32,
+    "target_ce": 0.1,
+    "max_epochs": 100,
+    "check_every": 20,
+    "check_batches": 5,
+}
+
+
+def tiny_space(name: str = "tiny", **grid: list) -> Space:
+    grid = grid or {"lr": [0.05, 0.02], "seed": [0, 1]}
+    fixed = {key: value for key, value in FIXED.items() if key not in grid}
+    return space_from_dict({"name": name, "fixed": fixed, "grid": grid}, source="test")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("trained") / "study"
+    with Zoo.create(folder, tiny_space()) as zoo:
+        train_zoo(zoo)
+    return folder
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Zoo:
+    """A private copy of a trained study, free to be modified."""
+    return Zoo(shutil.copytree(trained_once, tmp_path / "study"))
+
+
+def test_create_adds_one_pending_row_per_config(tmp_path: Path) -> None:
+    space = tiny_space()
+    zoo = Zoo.create(tmp_path / "study", space)
+    assert zoo.counts()["pending"] == len(space) == 4
+    assert [c.hash for c in zoo.configs()] == [c.hash for c in space.configs()]
+    assert (tmp_path / "study" / DATABASE_FILE).is_file()
+    assert Zoo.create(tmp_path / "study", tiny_space()).counts()["pending"] == 4  # reopened
+    assert Zoo(tmp_path / "study").space.hash == space.hash
+
+
+def test_another_space_is_refused_with_the_differences(tmp_path: Path) -> None:
+    Zoo.create(tmp_path / "study", tiny_space())
+    with pytest.raises(StudyError, match=r"another space(.|\n)*lr"):
+        Zoo.create(tmp_path / "study", tiny_space(lr=[0.05, 0.01], seed=[0, 1]))
+
+
+def test_not_a_study_and_unwritable_folders(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="not a study folder"):
+        Zoo(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StudyError, match="cannot write the study folder"):
+        Zoo.create(blocker / "study", tiny_space())
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / DATABASE_FILE).write_text("not sqlite")
+    with pytest.raises(StudyError, match="not a readable study database"):
+        Zoo(tmp_path / "bad")
+
+
+def test_train_stores_every_model_once_with_checkpoints(trained: Zoo) -> None:
+    counts = trained.counts()
+    assert counts["done"] == 4 and sum(counts.values()) == 4
+    table = trained.table()
+    assert list(table.columns[:4]) == ["index", "status", "lr", "seed"]
+    assert (table["gap"] == table["test_error"] - table["train_error"]).all()
+    assert (table["train_ce"] > 0).all() and (table["steps"] > 0).all()
+    for name in TRAINING_MEASURES:
+        assert name in table.columns
+    assert table["num-step-to-0.1-loss"].notna().all()
+    for config in trained.configs():
+        folder = trained.checkpoint_dir(config.hash)
+        assert {p.name for p in folder.iterdir()} >= {"final.safetensors", "init.safetensors"}
+        run = trained.load(config.hash)
+        assert run.records["ce_checks"][-1][1] <= 0.1
+    summary = train_zoo(trained)
+    assert summary.skipped == 4 and summary.trained == {}
+
+
+def test_training_is_deterministic_across_studies_and_executors(
+    trained: Zoo, tmp_path: Path
+) -> None:
+    other = Zoo.create(tmp_path / "other", tiny_space())
+    train_zoo(other, batched=False)
+    a, b = trained.table(), other.table()
+    pd.testing.assert_series_equal(a["steps"], b["steps"])
+    for config in trained.configs():
+        state_a = trained.load(config.hash).model.state_dict()
+        state_b = other.load(config.hash).model.state_dict()
+        for key in state_a:
+            torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_rows_left_running_are_retried(trained: Zoo) -> None:
+    first = trained.configs()[0].hash
+    trained.mark_running([first])
+    assert trained.counts()["running"] == 1
+    summary = train_zoo(trained)
+    assert summary.reset == 1 and sum(summary.trained.values()) == 1
+    assert trained.counts()["done"] == 4
+
+
+def test_a_tampered_checkpoint_is_detected_and_retrained(trained: Zoo) -> None:
+    config = trained.configs()[1]
+    path = trained.checkpoint_dir(config.hash) / "final.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with (
+        pytest.warns(GenMeasuresWarning, match="does not match"),
+        pytest.raises(CorruptCheckpointError, match=r"final\.safetensors"),
+    ):
+        trained.load(config.hash)
+    assert trained.counts()["pending"] == 1
+    train_zoo(trained)
+    assert trained.counts()["done"] == 4
+    trained.load(config.hash)
+
+
+def test_a_deleted_checkpoint_is_retrained_on_resume(trained: Zoo) -> None:
+    config = trained.configs()[2]
+    (trained.checkpoint_dir(config.hash) / "init.safetensors").unlink()
+    with pytest.warns(GenMeasuresWarning, match="missing"):
+        summary = train_zoo(trained)
+    assert summary.invalidated == 1 and summary.trained == {"done": 1}
+
+
+def test_a_second_trainer_is_refused(trained: Zoo) -> None:
+    with trained.lock(), pytest.raises(StudyError, match="being trained by pid"):
+        train_zoo(Zoo(trained.path))
+
+
+def test_failures_are_recorded_and_retried_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zoo = Zoo.create(tmp_path / "study", tiny_space())
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr("genmeasures.zoo.worker.train_to_target", broken)
+    monkeypatch.setattr("genmeasures.zoo.worker.train_batched", broken)
+    summary = train_zoo(zoo)
+    assert summary.trained == {"failed": 4}
+    assert "out of cheese" in zoo.error(zoo.configs()[0].hash)
+    assert train_zoo(zoo).trained == {}
+    monkeypatch.undo()
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
+    assert train_zoo(zoo, retry_failed=True).trained == {"done": 4}
+
+
+def test_not_converged_models_are_stored_with_their_figures(tmp_path: Path) -> None:
+    space = space_from_dict(
+        {"name": "short", "fixed": FIXED | {"max_epochs": 1, "target_ce": 1e-4}, "grid": {}},
+        source="test",
+    )
+    zoo = Zoo.create(tmp_path / "study", space)
+    train_zoo(zoo)
+    row = zoo.table().iloc[0]
+    assert row["status"] == "not-converged" and row["train_ce"] > 1e-4
+    assert math.isnan(row["num-step-0.1-to-0.01-loss"])
+
+
+def test_measure_zoo_is_resumable_and_keys_values_by_parameters(trained: Zoo) -> None:
+    summary = measure_zoo(trained, ["param-norm", "spec-init"])
+    assert summary.measured == 4 and summary.values == 8
+    again = measure_zoo(trained, ["param-norm", "spec-init"])
+    assert again.measured == 0 and again.up_to_date == 4
+    table = trained.table()
+    assert table["param-norm"].notna().all() and table["spec-init"].notna().all()
+    long = trained.measures_table()
+    assert set(long["version"]) == {__import__("genmeasures").__version__}
+    assert json.loads(long[long["name"] == "param-norm"]["params"].iloc[0]) == {}
+
+
+def test_export_csv_and_parquet(trained: Zoo, tmp_path: Path) -> None:
+    table = trained.table()
+    csv = pd.read_csv(trained.export(tmp_path / "zoo.csv"), index_col="hash")
+    assert list(csv.columns) == list(table.columns)
+    pd.testing.assert_series_equal(csv["gap"], table["gap"])
+    pytest.importorskip("pyarrow")
+    parquet = pd.read_parquet(trained.export(tmp_path / "zoo.parquet"))
+    pd.testing.assert_frame_equal(parquet, table)
+    with pytest.raises(StudyError, match=r"\.csv or \.parquet"):
+        trained.export(tmp_path / "zoo.xlsx")
+
+
+def test_the_database_holds_no_pickle(trained: Zoo) -> None:
+    files = [p for p in trained.path.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".sqlite", ".safetensors", ".json", ""}
+    connection = sqlite3.connect(trained.path / DATABASE_FILE)
+    for (column_type,) in connection.execute(
+        "SELECT DISTINCT type FROM pragma_table_info('models') "
+        "UNION SELECT DISTINCT type FROM pragma_table_info('measures')"
+    ):
+        assert column_type != "BLOB"
+    assert (trained.path / CHECKPOINT_DIR).is_dir()
+
+
+def test_plan_units_groups_shared_architectures() -> None:
+    space = tiny_space(lr=[0.05, 0.02, 0.01], width=[8, 16], seed=[0, 1])
+    configs = space.configs()
+    units = plan_units(configs, batched=True)
+    assert sorted(len(u) for u in units) == [6, 6]
+    assert all(len({c.model_hparams["width"] for c in u}) == 1 for u in units)
+    assert [len(u) for u in plan_units(configs, batched=False)] == [1] * 12
+    assert max(len(u) for u in plan_units(configs, batched=True, max_unit=4)) == 4
+    assert len(plan_units(configs[:6], batched=True, workers=2)) == 2
