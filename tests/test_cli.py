@@ -159,3 +159,70 @@ def test_console_script_version() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"genmeasures {gm.__version__}"
+
+
+STUDY_SPACE = """
+name = "cli-test"
+[fixed]
+dataset = "digits"
+model = "mlp"
+depth = 1
+width = 8
+train_size = 200
+test_size = 100
+batch_size = 32
+target_ce = 0.1
+check_every = 20
+check_batches = 5
+[grid]
+lr = [0.05, 0.02]
+"""
+
+
+def test_train_show_and_measure_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text(STUDY_SPACE)
+    study = tmp_path / "study"
+    code, out, err = run(capsys, "train", "--space", str(space), "--out", str(study))
+    assert code == 0, err
+    assert "trained 2 models" in out and "2 done" in out
+    code, out, _ = run(capsys, "train", "--space", str(space), "--out", str(study))
+    assert code == 0 and "trained 0 models" in out and "2 already finished" in out
+    code, out, err = run(capsys, "measure", str(study), "--measures", "param-norm", "*spec-init")
+    assert code == 0, err
+    assert "measured 2 models (4 values: 4 ok)" in out
+    code, out, _ = run(capsys, "measure", str(study), "--measures", "param-norm")
+    assert "2 already up to date" in out
+    code, out, _ = run(capsys, "show", str(study), "--export", str(tmp_path / "t.csv"))
+    assert code == 0 and "cli-test" in out and "param-norm" in out and "2 done" in out
+    assert (tmp_path / "t.csv").read_text().startswith("hash,")
+    code, out, _ = run(capsys, "show", str(study), "--json")
+    rows = json.loads(out)
+    assert len(rows) == 2 and {"hash", "lr", "gap", "param-norm"} <= set(rows[0])
+
+
+def test_train_refuses_a_study_of_another_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text(STUDY_SPACE)
+    other = tmp_path / "other.toml"
+    other.write_text(STUDY_SPACE.replace("lr = [0.05, 0.02]", "lr = [0.05, 0.01]"))
+    study = tmp_path / "study"
+    from genmeasures.zoo.space import load_space
+    from genmeasures.zoo.store import Zoo
+
+    Zoo.create(study, load_space(space))
+    code, _, err = run(capsys, "train", "--space", str(other), "--out", str(study))
+    assert code == 2 and "another space" in err and "lr" in err
+
+
+def test_study_commands_report_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "train", "--preset", "no-such-preset", "--out", str(tmp_path))
+    assert code == 2 and "no-such-preset" in err and "smoke" in err
+    code, _, err = run(capsys, "show", str(tmp_path))
+    assert code == 2 and "not a study folder" in err
+    code, _, err = run(capsys, "measure", str(tmp_path), "--weights", "w.safetensors")
+    assert code == 2 and "--weights" in err

@@ -8,13 +8,27 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
 def test_readme_python_example_runs(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path))
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    exec(compile(code, str(README), "exec"), {})
+    exec(compile(python_blocks()[0], str(README), "exec"), {})
     printed = capsys.readouterr().out
     assert "prod-of-spec" in printed
     assert "spectral" in printed
+
+
+def test_readme_zoo_example_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(python_blocks()[1], str(README), "exec"), namespace)
+    table = namespace["table"]
+    assert len(table) == len(namespace["zoo"].space) and (table["status"] == "done").all()
+    assert table["path-norm"].notna().all()
+    assert (tmp_path / "runs" / "smoke" / "table.parquet").is_file()
 
 
 def test_readme_quick_start_has_exactly_two_commands():

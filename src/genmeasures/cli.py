@@ -2,6 +2,9 @@
 
 Commands:
     ``genmeasures list [PATTERN]``: the registered measures.
+    ``genmeasures train (--preset NAME | --space FILE) --out DIR``: train a study's models.
+    ``genmeasures show DIR``: a study's status and results table.
+    ``genmeasures measure DIR``: compute measures for every finished model of a study.
     ``genmeasures measure``: train a small model on a built-in dataset (or load one from a
     safetensors file and its model spec) and print its measures.
 """
@@ -28,6 +31,10 @@ from genmeasures.measures import Results, compute, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
 from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
+from genmeasures.zoo.executors import EXECUTORS, train_zoo
+from genmeasures.zoo.measuring import measure_zoo
+from genmeasures.zoo.space import Config, list_presets, load_space
+from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
 
@@ -44,13 +51,43 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. '*spec*'")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    train = commands.add_parser(
+        "train",
+        help="train the models of a hyperparameter space into a study folder (resumable)",
+        description="Trains every config of a space until its training cross-entropy reaches "
+        "the target, storing weights, records and results in --out. Re-running the same command "
+        "resumes: finished models are skipped, models left running by a killed run are retried.",
+    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"a packaged space: {', '.join(list_presets())}")
+    source.add_argument("--space", type=Path, help="a space TOML file")
+    train.add_argument("--out", type=Path, default=None, help="study folder (default runs/NAME)")
+    train.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    train.add_argument("--executor", choices=EXECUTORS, default="local")
+    train.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    train.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
+    train.add_argument(
+        "--no-batch", action="store_true", help="train one model at a time instead of vmapped"
+    )
+    train.add_argument("--retry-failed", action="store_true", help="train failed models again")
+
+    show = commands.add_parser("show", help="print a study's status and results table")
+    show.add_argument("study", type=Path, help="study folder")
+    show.add_argument(
+        "--export", type=Path, default=None, help="also write the table to a .csv or .parquet"
+    )
+    show.add_argument("--json", action="store_true", help="print the table as JSON records")
+
     measure = commands.add_parser(
         "measure",
-        help="train a small model (or load one) and print its measures",
-        description="Without --weights: trains a model on a built-in dataset until its training "
-        "cross-entropy reaches --target-ce, then computes the measures. With --weights and "
-        "--spec: loads that model instead.",
+        help="compute measures of a study's models, or of one small model",
+        description="With a study folder: computes the measures for every finished model of the "
+        "study and stores them (resumable: stored values are not recomputed). Without one: "
+        "trains a model on a built-in dataset until its training cross-entropy reaches "
+        "--target-ce (or loads one with --weights and --spec) and prints its measures.",
     )
+    measure.add_argument("study", type=Path, nargs="?", default=None, help="study folder")
+    measure.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
     data = measure.add_argument_group("data")
     data.add_argument("--dataset", default="mnist1d", choices=list_datasets())
     data.add_argument("--root", default=None, help="folder of a file-based dataset")
@@ -113,6 +150,92 @@ def _left_aligned(rows: list[dict[str, str]]) -> str:
     return "\n".join("  ".join(line).rstrip() for line in lines)
 
 
+def _train_study(args: argparse.Namespace) -> int:
+    space = load_space(args.preset if args.preset is not None else args.space)
+    out = args.out if args.out is not None else Path("runs") / space.name
+    zoo = Zoo.create(out, space)
+    print(f"study {out}: space {space.name!r}, {len(space)} models", file=sys.stderr)
+    with tqdm(desc="training", unit="model", file=sys.stderr, disable=None) as bar:
+
+        def on_result(result: ModelResult, done: int, total: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"last: {result.status}")
+            bar.update()
+
+        summary = train_zoo(
+            zoo,
+            executor=args.executor,
+            workers=args.workers,
+            address=args.address,
+            data_root=args.data_root,
+            batched=not args.no_batch,
+            retry_failed=args.retry_failed,
+            on_result=on_result,
+        )
+    trained = ", ".join(f"{n} {status}" for status, n in sorted(summary.trained.items()))
+    print(
+        f"trained {sum(summary.trained.values())} models in {summary.seconds:.1f} s"
+        f"{f' ({trained})' if trained else ''}; {summary.skipped} already finished"
+        + (f"; {summary.reset} interrupted models retried" if summary.reset else "")
+        + (f"; {summary.invalidated} corrupt checkpoints retrained" if summary.invalidated else "")
+    )
+    print(_status_line(zoo))
+    failed = zoo.counts()["failed"]
+    if failed:
+        print(
+            f"{failed} models failed: see `genmeasures show {out}`; retry with --retry-failed",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _status_line(zoo: Zoo) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in zoo.counts().items() if n)
+    return f"study {zoo.path} ({zoo.space.name}): {counts}"
+
+
+def _show(args: argparse.Namespace) -> int:
+    zoo = Zoo(args.study)
+    table = zoo.table()
+    if args.export is not None:
+        zoo.export(args.export)
+        print(f"wrote {args.export}", file=sys.stderr)
+    if args.json:
+        print(table.reset_index().to_json(orient="records", indent=2))
+        return 0
+    print(f"{zoo.space.name}: {zoo.space.description}".strip())
+    print(_status_line(zoo))
+    failed = table[table["status"] == "failed"]
+    for model_hash in failed.index:
+        print(f"failed {model_hash}: {zoo.error(model_hash)}", file=sys.stderr)
+    with pd.option_context(
+        "display.float_format", "{:.4g}".format, "display.max_rows", 200, "display.width", 200
+    ):
+        print(table.drop(columns=["index"]).to_string())
+    return 0
+
+
+def _measure_study(args: argparse.Namespace) -> int:
+    zoo = Zoo(args.study)
+    with tqdm(desc="measuring", unit="model", file=sys.stderr, disable=None) as bar:
+
+        def on_model(config: Config, done: int, total: int) -> None:
+            bar.total = total
+            bar.update()
+
+        summary = measure_zoo(zoo, args.measures, data_root=args.data_root, on_model=on_model)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))
+    print(
+        f"measured {summary.measured} models ({summary.values} values"
+        f"{f': {statuses}' if statuses else ''}) in {summary.seconds:.1f} s; "
+        f"{summary.up_to_date} already up to date"
+        + (f"; {summary.corrupt} with corrupt checkpoints skipped" if summary.corrupt else "")
+    )
+    return 0
+
+
 def _train(
     args: argparse.Namespace, dataset: Dataset
 ) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
@@ -152,6 +275,13 @@ def _train(
 
 def _measure(args: argparse.Namespace) -> int:
     resolve_measures(args.measures)  # a misspelt name fails before any training
+    if args.study is not None:
+        if any(x is not None for x in (args.weights, args.spec, args.init, args.save)):
+            raise GenMeasuresError(
+                "a study folder is measured with its own models: --weights, --spec, --init and "
+                "--save apply only without one"
+            )
+        return _measure_study(args)
     load = args.weights is not None or args.spec is not None or args.init is not None
     if load and (args.weights is None or args.spec is None):
         raise GenMeasuresError(
@@ -213,9 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "list":
-            return _list(args)
-        return _measure(args)
+        commands = {"list": _list, "train": _train_study, "show": _show, "measure": _measure}
+        return commands[args.command](args)
     except GenMeasuresError as error:
         print(f"genmeasures: error: {error}", file=sys.stderr)
         return 2
