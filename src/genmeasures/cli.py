@@ -155,7 +155,9 @@ def _train_study(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path("runs") / space.name
     zoo = Zoo.create(out, space)
     print(f"study {out}: space {space.name!r}, {len(space)} models", file=sys.stderr)
-    with tqdm(desc="training", unit="model", file=sys.stderr, disable=None) as bar:
+    counts = zoo.counts()
+    expected = counts["pending"] + counts["running"] + args.retry_failed * counts["failed"]
+    with tqdm(total=expected, desc="training", unit="model", file=sys.stderr, disable=None) as bar:
 
         def on_result(result: ModelResult, done: int, total: int) -> None:
             bar.total = total
