@@ -194,7 +194,10 @@ def test_train_show_and_measure_a_study(tmp_path: Path, capsys: pytest.CaptureFi
     code, out, _ = run(capsys, "measure", str(study), "--measures", "param-norm")
     assert "2 already up to date" in out
     code, out, _ = run(capsys, "show", str(study), "--export", str(tmp_path / "t.csv"))
-    assert code == 0 and "cli-test" in out and "param-norm" in out and "2 done" in out
+    assert code == 0 and "cli-test" in out and "2 done" in out and "gap" in out
+    assert "param-norm" not in out and "measures stored: add --measures" in out
+    code, out, _ = run(capsys, "show", str(study), "--measures")
+    assert "param-norm" in out
     assert (tmp_path / "t.csv").read_text().startswith("hash,")
     code, out, _ = run(capsys, "show", str(study), "--json")
     rows = json.loads(out)

@@ -34,7 +34,7 @@ from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import Config, list_presets, load_space
-from genmeasures.zoo.store import ModelResult, Zoo
+from genmeasures.zoo.store import METRICS, ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
 
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "--export", type=Path, default=None, help="also write the table to a .csv or .parquet"
     )
     show.add_argument("--json", action="store_true", help="print the table as JSON records")
+    show.add_argument(
+        "--measures", action="store_true", help="add a column per stored measure to the table"
+    )
 
     measure = commands.add_parser(
         "measure",
@@ -210,10 +213,15 @@ def _show(args: argparse.Namespace) -> int:
     failed = table[table["status"] == "failed"]
     for model_hash in failed.index:
         print(f"failed {model_hash}: {zoo.error(model_hash)}", file=sys.stderr)
+    columns = ["status", *zoo.space.grid, "train_ce", "train_error", "test_error", "gap", "steps"]
+    stored = [c for c in table.columns if c not in METRICS and c not in ("index", *columns)]
+    shown = table[columns + stored] if args.measures else table[columns]
     with pd.option_context(
         "display.float_format", "{:.4g}".format, "display.max_rows", 200, "display.width", 200
     ):
-        print(table.drop(columns=["index"]).to_string())
+        print(shown.to_string())
+    if stored and not args.measures:
+        print(f"{len(stored)} measures stored: add --measures to see them, --export to save all")
     return 0
 
 
