@@ -3,8 +3,9 @@
 Trains the same MLP configs on MNIST-1D (normalized with training statistics, as a zoo study
 does) twice in one process with the same torch thread count: together with
 :func:`genmeasures.zoo.batched.train_batched` and one after another with
-:func:`genmeasures.zoo.train.train_to_target`. It prints the optimizer steps of every member in
-both runs (they must agree: the same work is done), models per minute for both and their ratio.
+:func:`genmeasures.zoo.train.train_to_target`. It prints models per minute for both and their
+ratio, and the status and optimizer steps of every member in both runs, to show that the work is
+the same (in float32 some members stop a few loss checks apart, see the printed note).
 
 The configs are a grid of 3 learning rates × 3 L2 coefficients × seeds (SGD with momentum 0.9,
 batch size 64, target training cross-entropy 0.01, as Jiang et al. 2020, appendix C).
@@ -105,10 +106,18 @@ def main() -> None:
             f"{int(run.metrics['steps']):>6} {alone}"
         )
     if sequential:
-        same = [int(a.metrics["steps"]) for a in batched] == [
-            int(b.metrics["steps"]) for b in sequential
-        ]
-        print(f"steps per member: {'the same' if same else 'DIFFERENT'} in both runs")
+        differ = sum(
+            int(a.metrics["steps"]) != int(b.metrics["steps"])
+            for a, b in zip(batched, sequential, strict=True)
+        )
+        print(f"members whose steps differ between the runs: {differ} of {len(configs)}")
+        if differ:
+            print(
+                "  (float32: batched and single matmuls round differently; over thousands of\n"
+                "  steps the trajectories drift apart, most at the largest learning rate, and the\n"
+                "  first check at the target can move by a few check intervals. In float64 the\n"
+                "  runs agree to ~1e-15, see tests/zoo/test_batched.py.)"
+            )
         print(f"ratio (batched / sequential models per minute): {sequential_s / batched_s:.2f}x")
 
 

@@ -10,7 +10,12 @@ from torch import nn
 
 import genmeasures as gm
 from genmeasures.data import Dataset
-from genmeasures.zoo.batched import SHARED_FIELDS, batch_incompatibility, train_batched
+from genmeasures.zoo.batched import (
+    SHARED_FIELDS,
+    _plain_mlp_layers,
+    batch_incompatibility,
+    train_batched,
+)
 from genmeasures.zoo.train import TrainingConfig, TrainingError, TrainingRun, train_to_target
 
 RTOL = 1e-6
@@ -86,16 +91,38 @@ def assert_same_run(batched: TrainingRun, alone: TrainingRun) -> None:
             )
 
 
+def leaky(model: nn.Module) -> nn.Module:
+    """The MLP with LeakyReLU activations: not a plain MLP, so trained through vmap."""
+    for name, module in model.named_children():
+        if isinstance(module, nn.ReLU):
+            setattr(model, name, nn.LeakyReLU(0.1))
+    return model
+
+
 @pytest.mark.parametrize(
-    ("optimizer", "check_batches"),
+    ("optimizer", "check_batches", "plain"),
     # K·b = 32 draws < m = 40 examples: the checks evaluate the drawn rows; 48 ≥ 40: the checks
-    # evaluate every example once and average the drawn ones.
-    [("sgd", 4), ("sgd", 6), ("adam", 4), ("rmsprop", 6)],
+    # evaluate every example once and average the drawn ones. Plain MLPs run as batched
+    # matmuls, other models through vmap(functional_call).
+    [
+        ("sgd", 4, True),
+        ("sgd", 6, True),
+        ("adam", 4, True),
+        ("rmsprop", 6, True),
+        ("sgd", 6, False),
+        ("adam", 4, False),
+        ("rmsprop", 4, False),
+    ],
 )
-def test_each_member_trains_as_it_would_alone(optimizer: str, check_batches: int) -> None:
+def test_each_member_trains_as_it_would_alone(
+    optimizer: str, check_batches: int, plain: bool
+) -> None:
     data = float64_blobs()
     configs = configs_for(optimizer, check_batches)
     models = [mlp(data, seed=i).double() for i in range(len(configs))]
+    if not plain:
+        models = [leaky(model) for model in models]
+    assert (_plain_mlp_layers(models[0]) is not None) == plain
     alone = [
         train_to_target(copy.deepcopy(model), data, config)
         for model, config in zip(models, configs, strict=True)
@@ -175,6 +202,49 @@ def test_members_done_at_the_first_check_and_a_single_member() -> None:
     reference = train_to_target(copy.deepcopy(model), data, configs[1])
     (alone,) = train_batched([model], data, configs[1:])
     assert_same_run(alone, reference)
+
+
+def test_frozen_parameters_and_multidimensional_inputs() -> None:
+    # Frozen parameters are neither updated nor decayed (they are not in the optimizer); inputs
+    # of shape (1, 2) go through the model's Flatten.
+    blobs = float64_blobs()
+    (x, y), (x_test, y_test) = blobs.train, blobs.test
+    data = Dataset("blobs", (x[:, None], y), (x_test[:, None], y_test), 3, (1, 2))
+    base = {"l2": 1e-3, "weight_decay": 1e-2, "target_ce": 0.05, "max_epochs": 10, **SHARED}
+    configs = [TrainingConfig(lr=lr, seed=s, **base) for s, lr in enumerate((0.05, 0.2))]
+    models = []
+    for seed in range(2):
+        model = mlp(data, seed=seed).double()
+        model.fc1.requires_grad_(False)
+        models.append(model)
+    alone = [
+        train_to_target(copy.deepcopy(m), data, c) for m, c in zip(models, configs, strict=True)
+    ]
+    initial = [model.fc1.weight.detach().clone() for model in models]
+    runs = train_batched(models, data, configs)
+    for run, reference, weight in zip(runs, alone, initial, strict=True):
+        assert_same_run(run, reference)
+        assert torch.equal(run.model.fc1.weight, weight)
+        assert not torch.equal(run.model.out.weight, run.init_model.out.weight)
+
+
+def test_plain_mlp_layers() -> None:
+    data = make_blobs(8)
+    layers = _plain_mlp_layers(mlp(data, seed=0, depth=2, dropout=0.0))
+    assert layers == [
+        ("flatten", 1, -1),
+        ("linear", "fc1.weight", "fc1.bias"),
+        ("relu",),
+        ("linear", "fc2.weight", "fc2.bias"),
+        ("relu",),
+        ("linear", "out.weight", "out.bias"),
+    ]
+    assert _plain_mlp_layers(mlp(data, seed=0, bias=False))[1] == ("linear", "fc1.weight", None)
+    assert _plain_mlp_layers(leaky(mlp(data, seed=0))) is None
+    assert _plain_mlp_layers(nn.Linear(2, 2)) is None  # not a Sequential: vmap
+    hooked = mlp(data, seed=0)
+    hooked.fc1.register_forward_hook(lambda module, args, out: out * 2)
+    assert _plain_mlp_layers(hooked) is None
 
 
 def test_global_rng_is_left_alone() -> None:

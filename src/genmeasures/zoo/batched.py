@@ -7,8 +7,11 @@ parameters of N models of the same structure are stacked along a leading member 
 (``torch.func.vmap`` of ``torch.func.functional_call``) gives every member's logits, and one
 backward pass of the sum of the members' losses gives every member's gradient with respect to
 its own slice of the stacked parameters (the members are independent, so the sum separates).
-On a CPU this was faster than ``vmap(grad(loss))``, which decomposes the cross-entropy in Python
-at every step. The optimizers are written out over the stacked tensors.
+On a 2-core CPU this measured faster than ``vmap(grad(loss))``, which also decomposes the
+cross-entropy in Python at every step. A plain MLP (a ``Sequential`` of ``Linear``, ``ReLU``,
+``Flatten`` and identity-like modules, the zoo's usual model) skips ``functional_call`` and
+runs as a chain of batched matmuls (``torch.baddbmm``), the same computation without its
+per-call overhead. The optimizers are written out over the stacked tensors.
 
 Each member gets exactly the run that :func:`genmeasures.zoo.train.train_to_target` would give
 it alone, up to floating-point rounding: its own initialization, learning rate (and milestones),
@@ -30,6 +33,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +73,9 @@ _ADAM_EPS = 1e-8
 _RMSPROP_ALPHA = 0.99
 _RMSPROP_EPS = 1e-8
 
-#: Rows (members × examples) per vmapped forward pass of a loss check, to bound memory.
-_CHECK_ROWS = 1 << 16
+#: Rows (members × examples) per forward pass of a loss check: small enough for the activations
+#: to stay in cache (larger passes measured slower on a 2-core CPU, not faster).
+_CHECK_ROWS = 1 << 13
 
 
 def batch_incompatibility(model: nn.Module) -> str | None:
@@ -217,6 +222,57 @@ def _per_member(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
 
 
+#: One layer of a plain MLP: ("linear", weight name, bias name or None), ("relu",) or
+#: ("flatten", start_dim, end_dim).
+_Layer = tuple[Any, ...]
+
+
+def _plain_mlp_layers(model: nn.Module) -> list[_Layer] | None:
+    """The layers of ``model`` if it is a plain MLP that batched matmuls can run directly.
+
+    A plain MLP is an ``nn.Sequential`` of ``Linear``, ``ReLU``, ``Flatten``, ``Identity`` and
+    ``p = 0`` dropout modules (exact types, no hooks): its forward pass needs no
+    ``functional_call``, whose per-call overhead is a large part of a small model's step.
+
+    Returns:
+        The layers in order (identities and ``p = 0`` dropouts left out), or None.
+    """
+    if type(model) is not nn.Sequential or model._forward_hooks or model._forward_pre_hooks:
+        return None
+    layers: list[_Layer] = []
+    for name, module in model.named_children():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        kind = type(module)
+        if kind is nn.Linear:
+            bias = f"{name}.bias" if module.bias is not None else None
+            layers.append(("linear", f"{name}.weight", bias))
+        elif kind is nn.ReLU:
+            layers.append(("relu",))
+        elif kind is nn.Flatten:
+            layers.append(("flatten", module.start_dim, module.end_dim))
+        elif not (kind is nn.Identity or (kind is nn.Dropout and module.p == 0)):
+            return None
+    return layers
+
+
+def _stacked_dim(dim: int) -> int:
+    """A per-member dimension index as an index into the stacked tensor."""
+    return dim + 1 if dim >= 0 else dim
+
+
+def _own(grads: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gradients in their parameters' layouts, sharing no memory: safe to update in place."""
+    owned, seen = {}, set()
+    for name, grad in grads.items():
+        param = like[name]
+        if grad.stride() != param.stride() or grad.untyped_storage().data_ptr() in seen:
+            grad = torch.empty_like(param).copy_(grad)
+        seen.add(grad.untyped_storage().data_ptr())
+        owned[name] = grad
+    return owned
+
+
 class _Stack:
     """The stacked state of the members still training, and their vectorized optimizer.
 
@@ -244,8 +300,9 @@ class _Stack:
         self.order: torch.Tensor | None = None
         self._coefficients_at: int | None = None
         self._milestones = {t for member in members for t in member.config.lr_milestones}
-        self._forward = vmap(self._logits)
-        self._forward_shared = vmap(self._logits, in_dims=(0, 0, None))
+        self._layers = _plain_mlp_layers(template)
+        self._vmapped = vmap(self._logits)
+        self._vmapped_shared = vmap(self._logits, in_dims=(0, 0, None))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -254,6 +311,34 @@ class _Stack:
         self, theta: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
         return functional_call(self.template, (theta, fixed), (x,))
+
+    def _forward(
+        self,
+        theta: dict[str, torch.Tensor],
+        fixed: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        shared: bool = False,
+    ) -> torch.Tensor:
+        """Every member's logits: ``x`` is one batch per member, or one for all (``shared``)."""
+        if self._layers is None:
+            return (self._vmapped_shared if shared else self._vmapped)(theta, fixed, x)
+        h = x.expand(len(next(iter(theta.values()))), *x.shape) if shared else x
+        for layer in self._layers:
+            if layer[0] == "linear":
+                weight = theta.get(layer[1], fixed.get(layer[1]))
+                shape = h.shape
+                rows = h.reshape(shape[0], -1, shape[-1])
+                if layer[2] is None:
+                    out = torch.bmm(rows, weight.transpose(1, 2))
+                else:
+                    bias = theta.get(layer[2], fixed.get(layer[2]))
+                    out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+                h = out.view(*shape[:-1], out.shape[-1])
+            elif layer[0] == "relu":
+                h = h.relu()
+            else:
+                h = h.flatten(_stacked_dim(layer[1]), _stacked_dim(layer[2]))
+        return h
 
     def _index(self, positions: list[int]) -> torch.Tensor:
         return torch.tensor(positions, dtype=torch.long, device=self.device)
@@ -291,8 +376,31 @@ class _Stack:
         losses = losses.view(y.shape).mean(dim=1)
         names = list(self.theta)
         # The members are independent: the gradient of the sum is each member's own gradient.
-        grads = torch.autograd.grad(losses.sum(), [self.theta[k] for k in names])
-        return dict(zip(names, grads, strict=True)), losses.detach()
+        leaves = [self.theta[k] for k in names]
+        grads = dict(zip(names, torch.autograd.grad(losses.sum(), leaves), strict=True))
+        self._adopt_layouts(grads)
+        return grads, losses.detach()
+
+    def _adopt_layouts(self, grads: dict[str, torch.Tensor]) -> None:
+        """Store each parameter (and its optimizer state) in the memory layout of its gradient.
+
+        The weight gradients of a batched matmul come out transposed; elementwise updates that
+        mix layouts are several times slower than same-layout ones, and a transposing copy of
+        every gradient at every step costs as much. The values do not change; checked at every
+        step, acted on once (at the first step, and after a re-stack that changes a layout).
+        """
+        for name, grad in grads.items():
+            param = self.theta[name]
+            if grad.stride() == param.stride():
+                continue
+            target = torch.empty_like(grad)  # the gradient's strides if it is dense
+            if target.stride() != grad.stride():
+                continue
+            with torch.no_grad():
+                self.theta[name] = target.copy_(param).requires_grad_()
+            for tensors in self.state.values():
+                if name in tensors:
+                    tensors[name] = torch.empty_like(grad).copy_(tensors[name])
 
     def evaluator(self, positions: list[int]) -> Callable[[torch.Tensor, bool], torch.Tensor]:
         """Eval-mode logits of the members at ``positions``, without gradients.
@@ -311,8 +419,7 @@ class _Stack:
             self.template.eval()
             try:
                 with torch.no_grad():
-                    forward = self._forward_shared if shared else self._forward
-                    return forward(theta, fixed, x)
+                    return self._forward(theta, fixed, x, shared)
             finally:
                 self.template.train()
 
@@ -349,13 +456,14 @@ class _Stack:
             self._step_size = {
                 k: step_size.to(v.dtype).view(self.lr[k].shape) for k, v in self.theta.items()
             }
+        owned = _own(grads, self.theta)
         with torch.no_grad():
             for name, param in self.theta.items():
                 if self.decay is not None:  # decoupled decay, before the update
                     param.mul_(self.decay[name])
-                grad = grads[name]
+                grad = owned[name]
                 if self.l2 is not None:  # coupled: the optimizer's weight_decay argument
-                    grad = grad.addcmul(self.l2[name], param)
+                    grad.addcmul_(self.l2[name], param)
                 if self.optimizer == "sgd":
                     self._sgd(name, param, grad)
                 elif self.optimizer == "adam":
@@ -374,7 +482,7 @@ class _Stack:
         # of the first gradient; param ← param − η·buf.
         momentum = self.state.setdefault("momentum_buffer", {})
         if name not in momentum:
-            buf = momentum[name] = grad.clone()
+            buf = momentum[name] = grad  # a copy of the first gradient (not used elsewhere)
         else:
             buf = momentum[name].mul_(_SGD_MOMENTUM).add_(grad)
         param.addcmul_(self.lr[name], buf, value=-1)
@@ -466,6 +574,16 @@ def train_batched(
     stack = _Stack(models, members, template)
     runs: dict[int, TrainingRun] = {}
     step = 0
+    # The K permutations of a check cost as much as a forward pass over the training set: draw
+    # them for several members at once (each member's generator is used by one task at a time).
+    workers = min(torch.get_num_threads(), len(models))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def draw_checks(chosen: list[_Member]) -> list[torch.Tensor]:
+        def draw(member: _Member) -> torch.Tensor:
+            return check_indices(m, shared, member.check_gen)
+
+        return list(pool.map(draw, chosen) if pool is not None else map(draw, chosen))
 
     def example_losses(positions: list[int]) -> torch.Tensor:
         """Eval-mode cross-entropy of every training example, ``(members, m)``, in float64."""
@@ -484,8 +602,7 @@ def train_batched(
         if shared.ce_check == "full":
             return (example_losses(positions).sum(dim=1) / m).tolist()
         chosen = [stack.members[p] for p in positions]
-        index = torch.stack([check_indices(m, shared, member.check_gen) for member in chosen])
-        index = index.to(device)  # (members, K, batch)
+        index = torch.stack(draw_checks(chosen)).to(device)  # (members, K, batch)
         if m <= index[0].numel():
             # More draws than examples: the eval-mode loss of an example does not depend on its
             # minibatch (no batch statistics, no dropout), so evaluate each example once.
@@ -552,39 +669,48 @@ def train_batched(
                 on_finish(member.index, run)
         stack.keep([p for p in range(len(stack)) if p not in stopping])
 
-    outcomes = check(list(range(len(stack))))
-    stop({p: outcome for p, outcome in enumerate(outcomes) if outcome is not None})
-    epoch = 0
-    while len(stack):
-        stack.order = torch.stack(
-            [torch.randperm(m, generator=member.order_gen) for member in stack.members]
-        ).to(device)
-        for lo in range(0, m, batch_size):
-            index = stack.order[:, lo : lo + batch_size]
-            grads, losses = stack.gradients(inputs[index], labels[index])
-            finite = torch.isfinite(losses)
-            if not bool(finite.all()):
-                bad = (~finite).nonzero().flatten().tolist()
-                stop(dict.fromkeys(bad, "diverged"))  # before this update
-                if not len(stack):
-                    break
-                keep = finite.nonzero().flatten()
-                grads = {k: v[keep] for k, v in grads.items()}
-            stack.update(grads, step)
-            step += 1
-            if step == steps_per_epoch:
-                for position, member in enumerate(stack.members):
-                    stack.write_back(position, models[member.index])
-                    member.epoch1_state = {
-                        k: v.detach().clone() for k, v in models[member.index].state_dict().items()
-                    }
-            if step % shared.check_every == 0:
-                outcomes = check(list(range(len(stack))))
-                stop({p: outcome for p, outcome in enumerate(outcomes) if outcome is not None})
-                if not len(stack):
-                    break
-        epoch += 1
-        stop(
-            {p: None for p, member in enumerate(stack.members) if member.config.max_epochs <= epoch}
-        )
+    try:
+        outcomes = check(list(range(len(stack))))
+        stop({p: outcome for p, outcome in enumerate(outcomes) if outcome is not None})
+        epoch = 0
+        while len(stack):
+            stack.order = torch.stack(
+                [torch.randperm(m, generator=member.order_gen) for member in stack.members]
+            ).to(device)
+            for lo in range(0, m, batch_size):
+                index = stack.order[:, lo : lo + batch_size]
+                grads, losses = stack.gradients(inputs[index], labels[index])
+                finite = torch.isfinite(losses)
+                if not bool(finite.all()):
+                    bad = (~finite).nonzero().flatten().tolist()
+                    stop(dict.fromkeys(bad, "diverged"))  # before this update
+                    if not len(stack):
+                        break
+                    keep = finite.nonzero().flatten()
+                    grads = {k: v[keep] for k, v in grads.items()}
+                stack.update(grads, step)
+                step += 1
+                if step == steps_per_epoch:
+                    for position, member in enumerate(stack.members):
+                        stack.write_back(position, models[member.index])
+                        member.epoch1_state = {
+                            k: v.detach().clone()
+                            for k, v in models[member.index].state_dict().items()
+                        }
+                if step % shared.check_every == 0:
+                    outcomes = check(list(range(len(stack))))
+                    stop({p: outcome for p, outcome in enumerate(outcomes) if outcome is not None})
+                    if not len(stack):
+                        break
+            epoch += 1
+            stop(
+                {
+                    p: None
+                    for p, member in enumerate(stack.members)
+                    if member.config.max_epochs <= epoch
+                }
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return [runs[index] for index in range(len(models))]
