@@ -95,7 +95,6 @@ def measure_zoo(
     start = time.perf_counter()
     specs = [spec for spec, _ in resolve_measures(measures)]
     options = {get_measure(name).name: value for name, value in (options or {}).items()}
-    names = [spec.name for spec in specs]
     summary = MeasureSummary()
     configs = zoo.configs(("done",))
     dataset: tuple[str, Dataset] | None = None
@@ -113,7 +112,7 @@ def measure_zoo(
                 key = config.data_hash
                 if dataset is None or dataset[0] != key:
                     dataset = (key, config.load_dataset(data_root))
-                wanted = [name for name in names if any(s.name == name for s in missing)]
+                wanted = [spec.name for spec in missing]
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", GenMeasuresWarning)
                     results = compute(
