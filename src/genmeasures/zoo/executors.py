@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from genmeasures.zoo.space import Config, canonical_json
 from genmeasures.zoo.store import ModelResult, StudyError, Zoo
@@ -108,6 +109,29 @@ def _run_in_process(
         train_unit(unit, data_root=data_root, batched=batched, emit=store)
 
 
+def _run_queued(
+    units: list[list[Config]],
+    zoo: Zoo,
+    store: Callable[[ModelResult], None],
+    capacity: int,
+    *,
+    submit: Callable[[list[Config]], Any],
+    finished: Callable[[list[Any]], list[tuple[Any, list[ModelResult]]]],
+) -> None:
+    """Keep up to two units per worker in flight; store each unit's results as it completes."""
+    queue = deque(units)
+    pending: dict[Any, list[Config]] = {}
+    while queue or pending:
+        while queue and len(pending) < 2 * capacity:
+            unit = queue.popleft()
+            zoo.mark_running(c.hash for c in unit)
+            pending[submit(unit)] = unit
+        for handle, results in finished(list(pending)):
+            pending.pop(handle)
+            for result in results:
+                store(result)
+
+
 def _run_pool(
     units: list[list[Config]],
     zoo: Zoo,
@@ -119,18 +143,19 @@ def _run_pool(
     # Spawned (not forked) workers: a fork of a process that has run torch can deadlock.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: dict[Future[list[ModelResult]], list[Config]] = {}
-        queue = list(units)
-        while queue or pending:
-            while queue and len(pending) < 2 * workers:
-                unit = queue.pop(0)
-                zoo.mark_running(c.hash for c in unit)
-                pending[pool.submit(collect_unit, unit, data_root, batched)] = unit
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                pending.pop(future)
-                for result in future.result():
-                    store(result)
+
+        def finished(futures: list[Future[list[ModelResult]]]) -> list[tuple[Any, Any]]:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            return [(future, future.result()) for future in done]
+
+        _run_queued(
+            units,
+            zoo,
+            store,
+            workers,
+            submit=lambda unit: pool.submit(collect_unit, unit, data_root, batched),
+            finished=finished,
+        )
 
 
 def _run_ray(
@@ -153,18 +178,19 @@ def _run_ray(
     try:
         remote_unit = ray.remote(num_cpus=1)(collect_unit)
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: dict[ray.ObjectRef, list[Config]] = {}
-        queue = list(units)
-        while queue or pending:
-            while queue and len(pending) < 2 * capacity:
-                unit = queue.pop(0)
-                zoo.mark_running(c.hash for c in unit)
-                pending[remote_unit.remote(unit, data_root, batched)] = unit
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                pending.pop(ref)
-                for result in ray.get(ref):
-                    store(result)
+
+        def finished(refs: list[Any]) -> list[tuple[Any, Any]]:
+            done, _ = ray.wait(refs, num_returns=1)
+            return [(ref, ray.get(ref)) for ref in done]
+
+        _run_queued(
+            units,
+            zoo,
+            store,
+            capacity,
+            submit=lambda unit: remote_unit.remote(unit, data_root, batched),
+            finished=finished,
+        )
     finally:
         if started_here:
             ray.shutdown()
