@@ -41,5 +41,9 @@ class NumericalError(MeasureError):
     """A non-finite weight, logit or norm (names the layer)."""
 
 
+class EvaluationError(GenMeasuresError, ValueError):
+    """A table cannot be scored (names the column, what was expected and what was received)."""
+
+
 class GenMeasuresWarning(UserWarning):
     """A value that is returned but deserves attention (undefined measure, no convergence)."""

@@ -71,6 +71,7 @@ from torch import nn
 
 from genmeasures.data import DATASETS, Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError
+from genmeasures.evaluate.baselines import CANONICAL_ORDERS, canonical_rank
 from genmeasures.models import build_model, list_models
 from genmeasures.models.builders import _BadValueError, _spec
 from genmeasures.seeding import derive_seed
@@ -82,7 +83,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
-    "DEFAULT_CANONICAL",
     "PER_OPTIMIZER",
     "Config",
     "Space",
@@ -99,22 +99,6 @@ LABELS_STREAM, SUBSET_STREAM = "zoo/labels", "zoo/subset"
 #: Settings that may be given per optimizer (Jiang et al. 2020, appendix C.3).
 PER_OPTIMIZER = ("lr", "l2", "weight_decay")
 
-#: Default canonical orders (Jiang et al. 2020, appendix C.4): ``"increasing"`` means the gap is
-#: expected to grow with the value, ``"decreasing"`` the opposite, a tuple lists the values from
-#: the smallest to the largest expected gap. Random labels and training-set size follow Zhang et
-#: al. 2017 and the usual sample-size dependence of the gap.
-DEFAULT_CANONICAL: Mapping[str, str | tuple[Any, ...]] = {
-    "batch_size": "increasing",
-    "depth": "decreasing",
-    "width": "decreasing",
-    "dropout": "decreasing",
-    "l2": "decreasing",
-    "weight_decay": "decreasing",
-    "lr": "decreasing",
-    "optimizer": ("sgd", "adam", "rmsprop"),
-    "random_labels": "increasing",
-    "train_size": "decreasing",
-}
 DIRECTIONS = ("increasing", "decreasing", "none")
 
 _TOP_LEVEL = ("name", "description", "fixed", "grid", "canonical")
@@ -639,8 +623,8 @@ class Space:
             same length). Insertion order is the product order: the first key varies slowest.
         canonical: Type → ``"increasing"``, ``"decreasing"``, ``"none"`` or a tuple of values
             from the smallest to the largest expected gap (Jiang et al. 2020, appendix C.4):
-            :data:`DEFAULT_CANONICAL` for the types the space's model knows, updated with the
-            space's ``[canonical]`` table.
+            :data:`~genmeasures.evaluate.baselines.CANONICAL_ORDERS` for the types the space's
+            model knows, updated with the space's ``[canonical]`` table.
         source: Where the space came from (preset name or file path), used in messages; not
             compared.
 
@@ -789,11 +773,9 @@ class Space:
         if order == "none":
             return None
         parsed = _parse(self.source, key, _freeze(value), self._settings[type])
-        if isinstance(order, tuple):
-            if parsed not in order:
-                _fail(self.source, key, value, f"one of the canonical values {_show(order)}")
-            return float(order.index(parsed))
-        return float(parsed) if order == "increasing" else -float(parsed)
+        if isinstance(order, tuple) and parsed not in order:
+            _fail(self.source, key, value, f"one of the canonical values {_show(order)}")
+        return canonical_rank(order, parsed)
 
     def _semantic(self) -> dict[str, Any]:
         return {
@@ -1105,7 +1087,7 @@ def _canonical(
 ) -> dict[str, str | tuple[Any, ...]]:
     """Default canonical orders of the known types, updated with the ``[canonical]`` table."""
     canonical: dict[str, str | tuple[Any, ...]] = {
-        key: order for key, order in DEFAULT_CANONICAL.items() if key in settings
+        key: order for key, order in CANONICAL_ORDERS.items() if key in settings
     }
     for key, order in table.items():
         where = f"canonical.{key}"

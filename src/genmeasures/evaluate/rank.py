@@ -1,0 +1,240 @@
+"""Rank correlation of a measure with the generalization gap (Jiang et al. 2020, eqs 2-5).
+
+Kendall's τ here is τ-a, as the paper's eq 2 defines it: over all pairs of distinct models, a pair
+tied in the measure or in the gap contributes 0 and still counts in the denominator (scipy's
+default is τ-b, which divides by the untied pairs instead). The granulated coefficient ψ_i
+(eq 4) is the mean τ within the groups of models that agree on every hyperparameter but the i-th,
+and Ψ (eq 5) the mean of ψ_i over the types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from genmeasures.errors import EvaluationError
+from genmeasures.evaluate.table import level_codes, resolve_hparams, scored_rows
+
+
+@dataclass(frozen=True)
+class GranulatedTau:
+    """ψ_i per hyperparameter type and their mean Ψ (Jiang et al. 2020, eqs 4-5).
+
+    Attributes:
+        measure: The measure column.
+        psi: ψ_i for each hyperparameter type; NaN for a type with no usable group (e.g. a single
+            value in the table).
+        Psi: The mean of the finite ψ_i; NaN if none is finite.
+        groups_used: For each type, the groups whose τ entered ψ_i.
+        groups_skipped: For each type, the groups left out: fewer than 2 models, or not every
+            value of the type present (an incomplete grid is scored on its complete part).
+        models: Models scored.
+        excluded: Models left out because they did not reach their stopping criterion.
+        dropped: Models left out because the measure or the gap is NaN.
+    """
+
+    measure: str
+    psi: dict[str, float]
+    Psi: float
+    groups_used: dict[str, int]
+    groups_skipped: dict[str, int]
+    models: int
+    excluded: int
+    dropped: int
+
+
+def kendall_tau(mu: Sequence[float] | np.ndarray, g: Sequence[float] | np.ndarray) -> float:
+    """Kendall's τ-a between a measure and the gap (Jiang et al. 2020, eq 2).
+
+    ``τ = Σ_{a≠b} sign(μ_a − μ_b) sign(g_a − g_b) / (n (n − 1))``: ties contribute 0. Computed in
+    O(n log n) by counting discordant pairs with a merge sort (Knight 1966).
+
+    Args:
+        mu: The measure's value for each model.
+        g: The generalization gap of the same models.
+
+    Returns:
+        τ in [-1, 1].
+
+    Raises:
+        EvaluationError: If the lengths differ, fewer than 2 values are given, or a value is not
+            finite.
+    """
+    mu_array, g_array = _vector(mu, "mu"), _vector(g, "g")
+    if len(mu_array) != len(g_array):
+        raise EvaluationError(
+            f"mu and g must have one value per model each; got {len(mu_array)} and {len(g_array)}"
+        )
+    if len(mu_array) < 2:
+        raise EvaluationError(f"Kendall's tau needs at least 2 models; got {len(mu_array)}")
+    n = len(mu_array)
+    return _pair_sign_sum(mu_array, g_array) / (n * (n - 1) / 2)
+
+
+def granulated_tau(
+    table: pd.DataFrame,
+    measure: str,
+    gap: str = "gap",
+    hparams: Sequence[str] | str | None = None,
+) -> GranulatedTau:
+    """ψ_i for every hyperparameter type and Ψ (Jiang et al. 2020, eqs 3-5).
+
+    For type i, the models that agree on every other type form a group in which only θ_i varies;
+    ψ_i is the mean of the groups' τ. A group is used when it has at least 2 models and holds every
+    value of θ_i present in the table (at least 2), so that an incomplete grid is scored on its
+    complete part.
+    Rows whose ``status`` column (if any) is not ``"done"`` are excluded; rows whose measure or
+    gap is NaN are dropped.
+
+    Args:
+        table: One row per model.
+        measure: The measure column.
+        gap: The generalization gap column.
+        hparams: The hyperparameter columns; None reads ``table.attrs["hparams"]``.
+
+    Returns:
+        A :class:`GranulatedTau`.
+
+    Raises:
+        EvaluationError: For a missing or non-numeric column, a measure without finite values,
+            or fewer than 2 models.
+    """
+    names = resolve_hparams(table, hparams)
+    rows = scored_rows(table, measure, gap, names)
+    codes = level_codes(rows.hparams)
+    psi, used, skipped = {}, {}, {}
+    for i, name in enumerate(names):
+        values, used[name], skipped[name] = psi_matrix(rows.mu[:, None], rows.gap, codes, i)
+        psi[name] = float(values[0])
+    finite = [v for v in psi.values() if np.isfinite(v)]
+    return GranulatedTau(
+        measure=measure,
+        psi=psi,
+        Psi=float(np.mean(finite)) if finite else float("nan"),
+        groups_used=used,
+        groups_skipped=skipped,
+        models=len(rows.mu),
+        excluded=rows.excluded,
+        dropped=rows.dropped,
+    )
+
+
+def psi_matrix(
+    mu: np.ndarray, g: np.ndarray, codes: np.ndarray, i: int
+) -> tuple[np.ndarray, int, int]:
+    """ψ_i of several measures at once (columns of ``mu``) on the same models.
+
+    Args:
+        mu: Measure values, models x measures, all finite.
+        g: The gap of each model.
+        codes: Hyperparameter level codes, models x types (:func:`level_codes`).
+        i: The type whose ψ is computed.
+
+    Returns:
+        ψ_i of each column (NaN where no group is usable), groups used, groups skipped.
+    """
+    others = np.delete(codes, i, axis=1)
+    if others.shape[1]:
+        group = np.unique(others, axis=0, return_inverse=True)[1].reshape(-1)
+    else:
+        group = np.zeros(len(codes), dtype=np.int64)
+    groups = int(group.max()) + 1
+    size = np.bincount(group, minlength=groups)
+    values_per_group = np.bincount(
+        np.unique(np.stack([group, codes[:, i]], axis=1), axis=0)[:, 0], minlength=groups
+    )
+    values = len(np.unique(codes[:, i]))
+    # θ_i must vary: replicate models of a single-valued type would otherwise give a ψ_i.
+    usable = (size >= 2) & (values_per_group == values) & (values >= 2)
+    first, second, pair_group = _within_group_pairs(group)
+    products = np.sign(mu[first] - mu[second]) * np.sign(g[first] - g[second])[:, None]
+    sums = np.zeros((groups, mu.shape[1]))
+    np.add.at(sums, pair_group, products)
+    pairs = size * (size - 1) / 2
+    if not usable.any():
+        return np.full(mu.shape[1], np.nan), 0, groups
+    taus = sums[usable] / pairs[usable, None]
+    return taus.mean(axis=0), int(usable.sum()), int(groups - usable.sum())
+
+
+def _within_group_pairs(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every unordered pair of rows with the same group id: (first rows, second rows, group)."""
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    first, second = [], []
+    largest = int(np.bincount(group).max())
+    for offset in range(1, largest):
+        same = sorted_group[:-offset] == sorted_group[offset:]
+        first.append(order[:-offset][same])
+        second.append(order[offset:][same])
+    if not first:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    a, b = np.concatenate(first), np.concatenate(second)
+    return a, b, group[a]
+
+
+def _vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise EvaluationError(f"{name} must be numbers; got {error}") from error
+    if array.ndim != 1:
+        raise EvaluationError(f"{name} must be one-dimensional; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise EvaluationError(
+            f"{name} has {int((~np.isfinite(array)).sum())} NaN or infinite values: drop those "
+            "models first (granulated_tau and the report do it and count them)"
+        )
+    return array
+
+
+def _pair_sign_sum(x: np.ndarray, y: np.ndarray) -> int:
+    """``Σ_{a<b} sign(x_a − x_b) sign(y_a − y_b)`` in O(n log n) (Knight 1966)."""
+    n = len(x)
+    x_rank = np.unique(x, return_inverse=True)[1].reshape(-1)
+    y_rank = np.unique(y, return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((y_rank, x_rank))
+    discordant = _inversions(y_rank[order])
+    tied_x = _tied_pairs(x_rank)
+    tied_y = _tied_pairs(y_rank)
+    tied_both = _tied_pairs(x_rank * (int(y_rank.max()) + 1) + y_rank)
+    untied = n * (n - 1) // 2 - tied_x - tied_y + tied_both
+    return untied - 2 * discordant
+
+
+def _tied_pairs(codes: np.ndarray) -> int:
+    counts = np.unique(codes, return_counts=True)[1].astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _inversions(values: np.ndarray) -> int:
+    """Pairs i < j with ``values[i] > values[j]``, by a bottom-up merge sort.
+
+    At each level the array is cut into blocks of ``2 * width`` whose halves are sorted; each
+    element of a right half is preceded, within its block, by the left-half elements larger than
+    it, counted for all blocks at once with one binary search over the offset keys
+    ``block * span + value``. Sorting those keys then merges every block for the next level.
+    """
+    n = len(values)
+    if n < 2:
+        return 0
+    current = values.astype(np.int64)
+    span = int(current.max()) + 1
+    position = np.arange(n)
+    count = 0
+    width = 1
+    while width < n:
+        block = position // (2 * width)
+        right = position % (2 * width) >= width
+        keys = block * span + current
+        left_keys = keys[~right]
+        larger = np.searchsorted(left_keys, (block[right] + 1) * span, side="left")
+        not_larger = np.searchsorted(left_keys, keys[right], side="right")
+        count += int((larger - not_larger).sum())
+        current = current[np.argsort(keys, kind="stable")]
+        width *= 2
+    return count

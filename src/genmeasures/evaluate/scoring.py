@@ -1,0 +1,355 @@
+"""Score every measure of a table at once: the paper's tables as DataFrames.
+
+:func:`score_table` gives, for each measure and each baseline, ψ_i per hyperparameter type, τ and
+Ψ (Jiang et al. 2020, table 5), Î per type, the minima over |S| = 0, 1, 2 and K (table 6), and the
+Pearson correlation with the gap per architecture (Tsuzuku et al. 2020, tables 1-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genmeasures.errors import EvaluationError
+from genmeasures.evaluate.baselines import (
+    CANONICAL_ORDERS,
+    ORACLE_EPSILONS,
+    canonical_measure,
+    oracle_draws,
+    random_measure,
+)
+from genmeasures.evaluate.cmi import cmi_matrix, condition_sets, summarize_sets
+from genmeasures.evaluate.rank import kendall_tau, psi_matrix
+from genmeasures.evaluate.table import (
+    BOOKKEEPING,
+    DONE,
+    MEASURES_ATTR,
+    done_rows,
+    grid_coverage,
+    level_codes,
+    numeric_column,
+    require_columns,
+    resolve_hparams,
+)
+
+#: Row label of the canonical-ordering baseline and of the random measure.
+CANONICAL_ROW, RANDOM_ROW = "canonical ordering", "random"
+
+#: Columns of :attr:`Evaluation.ranks` after the per-type ψ_i, and of :attr:`Evaluation.cmi`
+#: after the per-type Î.
+RANK_COLUMNS = ("tau", "Psi")
+CMI_COLUMNS = ("|S|=0", "|S|=1", "|S|=2", "K", "K set")
+
+
+def oracle_row(epsilon: float) -> str:
+    """The row label of the ε-oracle."""
+    return f"oracle {epsilon:g}"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every score of a table's measures and baselines.
+
+    Attributes:
+        ranks: Rows: the measures, then the oracles, the canonical ordering and the random
+            measure. Columns: ψ_i per hyperparameter type, ``tau`` (Kendall's τ-a over every
+            model), ``Psi``. The canonical ordering has only its own types' ψ_i.
+        cmi: Rows: the measures, the oracles and the random measure. Columns: Î(μ, {i}) per
+            type, the minima over ``|S|=0``, ``|S|=1``, ``|S|=2``, ``K`` and ``K set`` (the
+            types of the minimizing S, ``"∅"`` for the empty set).
+        pearson: Rows: the measures. Columns: Pearson's r with the gap per architecture.
+        population: The table as given, every model included (for the population summary).
+        measures: The measure columns scored, in order.
+        baselines: The baseline row labels, in order.
+        gap: The gap column.
+        hparams: The hyperparameter columns.
+        architecture: The column that tells architectures apart in :attr:`pearson`, if any.
+        models: Models scored (finished; a measure may drop more for NaN, see ``dropped``).
+        excluded: Models left out because they did not reach their stopping criterion.
+        dropped: For each measure with NaN values, how many models it dropped.
+        coverage: Hyperparameter combinations present among the scored models, and in the full
+            grid of their values.
+        groups: For each type, the groups (models agreeing on every other type) used for ψ_i
+            and skipped, for measures without NaN.
+        epsilons: The oracles' noise levels.
+        draws: Draws averaged per oracle.
+        seed: The seed of the oracle and random draws.
+        notes: Sentences for the report: exclusions, drops, incomplete grid, constant types.
+    """
+
+    ranks: pd.DataFrame
+    cmi: pd.DataFrame
+    pearson: pd.DataFrame
+    population: pd.DataFrame
+    measures: tuple[str, ...]
+    baselines: tuple[str, ...]
+    gap: str
+    hparams: tuple[str, ...]
+    architecture: str | None
+    models: int
+    excluded: int
+    dropped: dict[str, int]
+    coverage: tuple[int, int]
+    groups: dict[str, tuple[int, int]]
+    epsilons: tuple[float, ...]
+    draws: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+
+def measure_columns(table: pd.DataFrame, gap: str, hparams: Sequence[str]) -> tuple[str, ...]:
+    """The measure columns of a table.
+
+    They are ``attrs["measures"]`` if the table names them (as ``Zoo.table()`` does), else every
+    numeric column that is not the gap, a hyperparameter or a bookkeeping column
+    (:data:`~genmeasures.evaluate.table.BOOKKEEPING`).
+    """
+    named = table.attrs.get(MEASURES_ATTR)
+    if named is not None:
+        return tuple(named)
+    skip = {gap, *hparams, *BOOKKEEPING}
+    return tuple(
+        str(c) for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])
+    )
+
+
+def score_table(
+    table: pd.DataFrame,
+    measures: Sequence[str] | None = None,
+    *,
+    gap: str = "gap",
+    hparams: Sequence[str] | str | None = None,
+    canonical: Mapping[str, str | tuple[Any, ...] | pd.Series] | None = None,
+    architecture: str | None = None,
+    epsilons: Sequence[float] = ORACLE_EPSILONS,
+    draws: int = 10,
+    seed: int = 0,
+) -> Evaluation:
+    """Score every measure and baseline of a table (Jiang et al. 2020, tables 5-6).
+
+    K is the minimum of Î over the conditioning sets of at most 2 types (eq 14).
+
+    Args:
+        table: One row per model: hyperparameter columns, the gap, a column per measure and
+            optionally ``status`` (rows not ``"done"`` are excluded from every score).
+        measures: The measure columns; None: :func:`measure_columns`, leaving out (with a note)
+            those with fewer than 2 finite values.
+        gap: The generalization gap column.
+        hparams: The hyperparameter columns; None reads ``table.attrs["hparams"]``.
+        canonical: The canonical ordering of each type: ``"increasing"``, ``"decreasing"``, a
+            tuple of values, or a Series of ranks aligned with ``table`` (larger predicts a larger
+            gap); None: :data:`CANONICAL_ORDERS` for the types it names.
+        architecture: A column whose values tell architectures apart for the Pearson table;
+            None: one column, ``"all"``.
+        epsilons: Noise levels of the oracle rows.
+        draws: Draws averaged per oracle.
+        seed: Seed of the oracle and random draws: the same seed gives the same tables.
+
+    Returns:
+        An :class:`Evaluation`.
+
+    Raises:
+        EvaluationError: For a missing column, no measure, a named measure with fewer than 2
+            finite values, fewer than 2 finished models, or a bad canonical order.
+    """
+    names = resolve_hparams(table, hparams)
+    require_columns(table, [gap], "gap")
+    chosen = tuple(measures) if measures is not None else measure_columns(table, gap, names)
+    if not chosen:
+        raise EvaluationError(
+            "no measure column to score: name them (measures=[...] / --measures); columns: "
+            + ", ".join(map(str, table.columns))
+        )
+    require_columns(table, chosen, "measure")
+    if architecture is not None:
+        require_columns(table, [architecture], "architecture")
+    finished, excluded = done_rows(table)
+    g = numeric_column(finished, gap, "gap")
+    gap_ok = np.isfinite(g)
+    if gap_ok.sum() < 2:
+        raise EvaluationError(
+            f"scoring needs at least 2 finished models with a finite gap; got {int(gap_ok.sum())}"
+            f" of {len(table)} rows ({excluded} not finished)"
+        )
+    scored = finished[gap_ok]
+    g = g[gap_ok]
+    codes = level_codes(scored[list(names)])
+    sets = condition_sets(len(names), min(2, len(names)), pgdl=False)
+
+    rank_rows: dict[str, dict[str, float]] = {}
+    cmi_rows: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, int] = {}
+    unscored: list[str] = []
+    for name in chosen:
+        mu = numeric_column(scored, name, "measure")
+        keep = np.isfinite(mu)
+        if keep.sum() < 2:
+            if measures is not None:
+                raise EvaluationError(
+                    f"measure {name!r} has {int(keep.sum())} finite values among {len(mu)} "
+                    "finished models: at least 2 are needed (leave it out of measures=[...])"
+                )
+            unscored.append(name)
+            continue
+        if not keep.all():
+            dropped[name] = int((~keep).sum())
+        rank_rows[name], cmi_rows[name] = _scores(mu[keep, None], g[keep], codes[keep], names, sets)
+    for epsilon in epsilons:
+        label = oracle_row(epsilon)
+        rank_rows[label], cmi_rows[label] = _scores(
+            oracle_draws(g, epsilon, draws, seed), g, codes, names, sets
+        )
+    rank_rows[CANONICAL_ROW] = _canonical_psi(scored, g, codes, names, canonical)
+    rank_rows[RANDOM_ROW], cmi_rows[RANDOM_ROW] = _scores(
+        random_measure(len(g), seed)[:, None], g, codes, names, sets
+    )
+    chosen = tuple(name for name in chosen if name not in unscored)
+    if not chosen:
+        raise EvaluationError(
+            f"no measure has 2 finite values among the {len(g)} finished models: "
+            f"{', '.join(unscored)}"
+        )
+    baselines = (*(oracle_row(e) for e in epsilons), CANONICAL_ROW, RANDOM_ROW)
+    ranks = pd.DataFrame.from_dict(rank_rows, orient="index", columns=[*names, *RANK_COLUMNS])
+    cmi = pd.DataFrame.from_dict(cmi_rows, orient="index", columns=[*names, *CMI_COLUMNS])
+    ranks.index.name = cmi.index.name = "measure"
+    groups = {name: psi_matrix(g[:, None], g, codes, i)[1:] for i, name in enumerate(names)}
+    coverage = grid_coverage(scored[list(names)])
+    return Evaluation(
+        ranks=ranks,
+        cmi=cmi,
+        pearson=_pearson(scored, g, chosen, architecture),
+        population=table,
+        measures=chosen,
+        baselines=baselines,
+        gap=gap,
+        hparams=names,
+        architecture=architecture,
+        models=len(g),
+        excluded=excluded,
+        dropped=dropped,
+        coverage=coverage,
+        groups=groups,
+        epsilons=tuple(epsilons),
+        draws=draws,
+        seed=seed,
+        notes=_notes(table, excluded, len(g), dropped, coverage, groups, scored, names)
+        + [
+            f"{name}: fewer than 2 finite values among the finished models: not scored."
+            for name in unscored
+        ],
+    )
+
+
+def _scores(
+    mu: np.ndarray,
+    g: np.ndarray,
+    codes: np.ndarray,
+    names: Sequence[str],
+    sets: Sequence[tuple[int, ...]],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """A rank row and a CMI row for the columns of ``mu`` (averaged over them: oracle draws)."""
+    psi = {name: float(psi_matrix(mu, g, codes, i)[0].mean()) for i, name in enumerate(names)}
+    finite = [value for value in psi.values() if np.isfinite(value)]
+    tau = float(np.mean([kendall_tau(column, g) for column in mu.T]))
+    rank_row = psi | {"tau": tau, "Psi": float(np.mean(finite)) if finite else np.nan}
+    summary = summarize_sets(cmi_matrix(mu, g, codes, sets).mean(axis=1), sets, names)
+    cmi_row: dict[str, Any] = dict(summary.single)
+    cmi_row |= {f"|S|={size}": summary.minima.get(size, np.nan) for size in range(3)}
+    cmi_row |= {"K": summary.K, "K set": ", ".join(summary.K_set) or "∅"}
+    return rank_row, cmi_row
+
+
+def _canonical_psi(
+    scored: pd.DataFrame,
+    g: np.ndarray,
+    codes: np.ndarray,
+    names: Sequence[str],
+    canonical: Mapping[str, str | tuple[Any, ...] | pd.Series] | None,
+) -> dict[str, float]:
+    """ψ_i of type i's canonical ordering, for each type that has one (appendix C.4)."""
+    orders = dict(CANONICAL_ORDERS) if canonical is None else dict(canonical)
+    row = dict.fromkeys([*names, *RANK_COLUMNS], np.nan)
+    for i, name in enumerate(names):
+        order = orders.get(name)
+        if order is None:
+            continue
+        if isinstance(order, pd.Series):
+            ranks = order.reindex(scored.index).to_numpy(dtype=np.float64)
+            if not np.isfinite(ranks).all():
+                raise EvaluationError(
+                    f"the canonical ranks of {name!r} miss some scored models or are NaN"
+                )
+        else:
+            ranks = canonical_measure(scored[name], order).to_numpy()
+        row[name] = float(psi_matrix(ranks[:, None], g, codes, i)[0][0])
+    return row
+
+
+def _pearson(
+    scored: pd.DataFrame, g: np.ndarray, measures: Sequence[str], architecture: str | None
+) -> pd.DataFrame:
+    """Pearson's r of each measure with the gap, per architecture (Tsuzuku et al., tables 1-2)."""
+    if architecture is None:
+        groups = {"all": np.ones(len(scored), dtype=bool)}
+    else:
+        labels = scored[architecture].astype(str).to_numpy()
+        groups = {label: labels == label for label in sorted(set(labels))}
+    rows = {}
+    for name in measures:
+        mu = numeric_column(scored, name, "measure")
+        rows[name] = {label: _correlation(mu[rows_], g[rows_]) for label, rows_ in groups.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(groups))
+    frame.index.name = "measure"
+    return frame
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _notes(
+    table: pd.DataFrame,
+    excluded: int,
+    models: int,
+    dropped: Mapping[str, int],
+    coverage: tuple[int, int],
+    groups: Mapping[str, tuple[int, int]],
+    scored: pd.DataFrame,
+    names: Sequence[str],
+) -> list[str]:
+    notes = [f"{models} models scored of {len(table)} in the table."]
+    if excluded:
+        statuses = table.loc[table["status"] != DONE, "status"].value_counts()
+        notes.append(
+            f"{excluded} models did not reach their stopping criterion and are excluded from "
+            f"every score ({', '.join(f'{n} {status}' for status, n in statuses.items())})."
+        )
+    if len(scored) < len(table) - excluded:
+        notes.append(f"{len(table) - excluded - len(scored)} finished models have no finite gap.")
+    for name, count in dropped.items():
+        notes.append(f"{name}: {count} models with a NaN value dropped from its scores.")
+    present, full = coverage
+    if present < full:
+        notes.append(
+            f"Incomplete grid: {present} of the {full} hyperparameter combinations are present; "
+            "ψ is scored on the groups that hold every value of their type."
+        )
+    for name in names:
+        used, skipped = groups[name]
+        if scored[name].nunique() < 2:
+            notes.append(f"{name} takes a single value: its ψ is undefined.")
+        elif skipped:
+            notes.append(
+                f"ψ of {name}: {used} groups used, {skipped} skipped (fewer than 2 models or not "
+                "every value present)."
+            )
+    return notes
