@@ -77,7 +77,8 @@ def conditional_mi(
         measure: The measure column.
         gap: The generalization gap column.
         hparams: The hyperparameter columns; None reads ``table.attrs["hparams"]``.
-        max_set_size: The largest conditioning set (the paper uses 2). Ignored with ``pgdl``.
+        max_set_size: The largest conditioning set (the paper uses 2); sizes beyond the number
+            of types have no set and no entry in ``minima``. Ignored with ``pgdl``.
         pgdl: Reproduce the scoring program of the PGDL competition (Jiang et al. 2020b):
             |S| = 2 only, every ordered pair of models including a model with itself, a tie
             counted as "−", base-2 logarithms, the score of S the unweighted mean over its cells
@@ -98,14 +99,12 @@ def conditional_mi(
             raise EvaluationError(
                 f"PGDL mode conditions on pairs of hyperparameter types; got {len(names)} type"
             )
-    elif not isinstance(max_set_size, int) or not 0 <= max_set_size <= len(names):
-        raise EvaluationError(
-            f"max_set_size must be an int from 0 to the number of hyperparameter types "
-            f"({len(names)}); got {max_set_size!r}"
-        )
+    elif not isinstance(max_set_size, int) or isinstance(max_set_size, bool) or max_set_size < 0:
+        raise EvaluationError(f"max_set_size must be an int >= 0; got {max_set_size!r}")
     rows = scored_rows(table, measure, gap, names)
     sets = condition_sets(len(names), max_set_size, pgdl=pgdl)
-    scores = cmi_matrix(rows.mu[:, None], rows.gap, level_codes(rows.hparams), sets, pgdl=pgdl)
+    cells = conditioning(level_codes(rows.hparams), sets)
+    scores = cmi_matrix(rows.mu[:, None], rows.gap, cells, pgdl=pgdl)
     summary = summarize_sets(scores[:, 0], sets, names)
     return ConditionalMI(
         measure=measure,
@@ -123,7 +122,7 @@ def conditional_mi(
 
 def condition_sets(types: int, max_set_size: int, *, pgdl: bool) -> list[tuple[int, ...]]:
     """The conditioning sets scored: every set of at most ``max_set_size`` types (PGDL: of 2)."""
-    sizes = [2] if pgdl else range(max_set_size + 1)
+    sizes = [2] if pgdl else range(min(max_set_size, types) + 1)
     return [s for size in sizes for s in itertools.combinations(range(types), size)]
 
 
@@ -133,8 +132,8 @@ class SetScores:
 
     Attributes:
         single: Î(μ, {i}) for each type i scored alone.
-        minima: For each set size, the smallest finite Î (NaN if none).
-        minimizers: For each set size, the set reaching the minimum (``()`` if none).
+        minima: For each set size that has sets, the smallest finite Î (NaN if none).
+        minimizers: For each such size, the set reaching the minimum (``()`` if none).
         K: The smallest finite Î over every set (eq 14); NaN if none.
         K_set: The set reaching K.
     """
@@ -149,45 +148,53 @@ class SetScores:
 def summarize_sets(
     scores: Sequence[float], sets: Sequence[tuple[int, ...]], names: Sequence[str]
 ) -> SetScores:
-    """Collect one measure's per-set Î (in the order of ``sets``) into a :class:`SetScores`."""
-    scored = list(zip(sets, scores, strict=True))
-    single = {names[s[0]]: float(v) for s, v in scored if len(s) == 1}
+    """Collect one measure's per-set Î (in the order of ``sets``) into a :class:`SetScores`.
+
+    A minimum reached by several sets up to rounding (1e-12) is attributed to the first of
+    them in the order of ``sets``: the smallest set, as for a measure equal to the gap.
+    """
+    scored = [(s, float(v)) for s, v in zip(sets, scores, strict=True)]
+    single = {names[s[0]]: v for s, v in scored if len(s) == 1}
     minima, minimizers = {}, {}
     for size in sorted({len(s) for s in sets}):
-        of_size = [(v, s) for s, v in scored if len(s) == size and np.isfinite(v)]
-        value, best = min(of_size, default=(np.nan, ()), key=lambda item: item[0])
-        minima[size], minimizers[size] = float(value), tuple(names[j] for j in best)
-    finite = [size for size in minima if np.isfinite(minima[size])]
-    k_size = min(finite, key=lambda size: minima[size]) if finite else None
+        minima[size], best = _first_minimum([(s, v) for s, v in scored if len(s) == size])
+        minimizers[size] = tuple(names[j] for j in best)
+    k_value, k_set = _first_minimum(scored)
     return SetScores(
         single=single,
         minima=minima,
         minimizers=minimizers,
-        K=minima[k_size] if k_size is not None else float("nan"),
-        K_set=minimizers[k_size] if k_size is not None else (),
+        K=k_value,
+        K_set=tuple(names[j] for j in k_set),
     )
 
 
-def cmi_matrix(
-    mu: np.ndarray,
-    g: np.ndarray,
-    codes: np.ndarray,
-    sets: Sequence[tuple[int, ...]],
-    *,
-    pgdl: bool = False,
-) -> np.ndarray:
-    """Î(μ, S) for several measures (columns of ``mu``) and conditioning sets at once.
+def _first_minimum(scored: Sequence[tuple[tuple[int, ...], float]]) -> tuple[float, tuple]:
+    """The smallest finite value and the first set reaching it up to 1e-12; (NaN, ()) if none."""
+    finite = [(s, v) for s, v in scored if np.isfinite(v)]
+    if not finite:
+        return float("nan"), ()
+    smallest = min(v for _, v in finite)
+    return smallest, next(s for s, v in finite if v <= smallest + 1e-12)
 
-    Args:
-        mu: Measure values, models x measures, all finite.
-        g: The gap of each model.
-        codes: Hyperparameter level codes, models x types.
-        sets: Conditioning sets as tuples of type indices.
-        pgdl: PGDL-competition scores instead (see :func:`conditional_mi`).
 
-    Returns:
-        sets x measures; NaN where the gap's conditional entropy is 0.
+@dataclass(frozen=True)
+class Conditioning:
+    """The cells of every conditioning set, for models with given hyperparameter levels.
+
+    Attributes:
+        sets: The conditioning sets, as tuples of type indices.
+        onehot: Models x (values of every set, side by side): 1 where the model has the value.
+        bounds: Where each set's columns start and stop in ``onehot``.
     """
+
+    sets: tuple[tuple[int, ...], ...]
+    onehot: np.ndarray
+    bounds: np.ndarray
+
+
+def conditioning(codes: np.ndarray, sets: Sequence[tuple[int, ...]]) -> Conditioning:
+    """The :class:`Conditioning` of ``sets`` for models with level ``codes`` (models x types)."""
     keys = [_set_key(codes, s) for s in sets]
     sizes = [int(k.max()) + 1 for k in keys]
     # float32 products are exact: each entry of O @ onehot counts at most len(mu) < 2**24 pairs.
@@ -195,12 +202,28 @@ def cmi_matrix(
         [np.eye(size, dtype=np.float32)[key] for key, size in zip(keys, sizes, strict=True)],
         axis=1,
     )
-    bounds = np.cumsum([0, *sizes])
-    scores = np.empty((len(sets), mu.shape[1]))
+    return Conditioning(sets=tuple(sets), onehot=onehot, bounds=np.cumsum([0, *sizes]))
+
+
+def cmi_matrix(
+    mu: np.ndarray, g: np.ndarray, cells: Conditioning, *, pgdl: bool = False
+) -> np.ndarray:
+    """Î(μ, S) for several measures (columns of ``mu``) and conditioning sets at once.
+
+    Args:
+        mu: Measure values, models x measures, all finite.
+        g: The gap of each model.
+        cells: The conditioning sets' cells for these models (:func:`conditioning`).
+        pgdl: PGDL-competition scores instead (see :func:`conditional_mi`).
+
+    Returns:
+        sets x measures; NaN where the gap's conditional entropy is 0.
+    """
+    scores = np.empty((len(cells.sets), mu.shape[1]))
     for j in range(mu.shape[1]):
-        products = _outcome_products(mu[:, j], g, onehot, pgdl=pgdl)
-        for k, (start, stop) in enumerate(itertools.pairwise(bounds)):
-            member = onehot[:, start:stop].astype(np.float64)
+        products = _outcome_products(mu[:, j], g, cells.onehot, pgdl=pgdl)
+        for k, (start, stop) in enumerate(itertools.pairwise(cells.bounds)):
+            member = cells.onehot[:, start:stop].astype(np.float64)
             counts = [member.T @ product[:, start:stop] for product in products]
             if pgdl:
                 scores[k, j] = _pgdl_score(counts, member.sum(axis=0))

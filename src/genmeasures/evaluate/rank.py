@@ -107,8 +107,9 @@ def granulated_tau(
     codes = level_codes(rows.hparams)
     psi, used, skipped = {}, {}, {}
     for i, name in enumerate(names):
-        values, used[name], skipped[name] = psi_matrix(rows.mu[:, None], rows.gap, codes, i)
-        psi[name] = float(values[0])
+        groups = psi_groups(codes, i)
+        psi[name] = float(psi_matrix(rows.mu[:, None], rows.gap, groups)[0])
+        used[name], skipped[name] = groups.used, groups.skipped
     finite = [v for v in psi.values() if np.isfinite(v)]
     return GranulatedTau(
         measure=measure,
@@ -122,20 +123,29 @@ def granulated_tau(
     )
 
 
-def psi_matrix(
-    mu: np.ndarray, g: np.ndarray, codes: np.ndarray, i: int
-) -> tuple[np.ndarray, int, int]:
-    """ψ_i of several measures at once (columns of ``mu``) on the same models.
+@dataclass(frozen=True)
+class Groups:
+    """The groups of ψ_i: models that agree on every hyperparameter type but the i-th.
 
-    Args:
-        mu: Measure values, models x measures, all finite.
-        g: The gap of each model.
-        codes: Hyperparameter level codes, models x types (:func:`level_codes`).
-        i: The type whose ψ is computed.
-
-    Returns:
-        ψ_i of each column (NaN where no group is usable), groups used, groups skipped.
+    Attributes:
+        first: First model of each pair of models within a used group, ordered by group.
+        second: Second model of each pair.
+        starts: Index of each used group's first pair.
+        pairs: Pairs per used group.
+        used: Groups used: at least 2 models and every value of θ_i present (at least 2).
+        skipped: The other groups.
     """
+
+    first: np.ndarray
+    second: np.ndarray
+    starts: np.ndarray
+    pairs: np.ndarray
+    used: int
+    skipped: int
+
+
+def psi_groups(codes: np.ndarray, i: int) -> Groups:
+    """The groups of ψ_i for models with hyperparameter level ``codes`` (models x types)."""
     others = np.delete(codes, i, axis=1)
     if others.shape[1]:
         group = np.unique(others, axis=0, return_inverse=True)[1].reshape(-1)
@@ -150,14 +160,39 @@ def psi_matrix(
     # θ_i must vary: replicate models of a single-valued type would otherwise give a ψ_i.
     usable = (size >= 2) & (values_per_group == values) & (values >= 2)
     first, second, pair_group = _within_group_pairs(group)
-    products = np.sign(mu[first] - mu[second]) * np.sign(g[first] - g[second])[:, None]
-    sums = np.zeros((groups, mu.shape[1]))
-    np.add.at(sums, pair_group, products)
-    pairs = size * (size - 1) / 2
-    if not usable.any():
-        return np.full(mu.shape[1], np.nan), 0, groups
-    taus = sums[usable] / pairs[usable, None]
-    return taus.mean(axis=0), int(usable.sum()), int(groups - usable.sum())
+    keep = usable[pair_group]
+    order = np.argsort(pair_group[keep], kind="stable")
+    first, second, pair_group = first[keep][order], second[keep][order], pair_group[keep][order]
+    pairs = (size * (size - 1) // 2)[usable]
+    return Groups(
+        first=first,
+        second=second,
+        starts=np.concatenate([[0], np.cumsum(pairs)[:-1]]).astype(np.int64),
+        pairs=pairs,
+        used=int(usable.sum()),
+        skipped=int(groups - usable.sum()),
+    )
+
+
+def psi_matrix(mu: np.ndarray, g: np.ndarray, groups: Groups) -> np.ndarray:
+    """ψ_i of several measures at once (columns of ``mu``) on the same models.
+
+    Args:
+        mu: Measure values, models x measures, all finite.
+        g: The gap of each model.
+        groups: The groups of ψ_i (:func:`psi_groups`).
+
+    Returns:
+        ψ_i of each column; NaN where no group is usable.
+    """
+    if not groups.used:
+        return np.full(mu.shape[1], np.nan)
+    products = (
+        np.sign(mu[groups.first] - mu[groups.second])
+        * np.sign(g[groups.first] - g[groups.second])[:, None]
+    )
+    taus = np.add.reduceat(products, groups.starts, axis=0) / groups.pairs[:, None]
+    return taus.mean(axis=0)
 
 
 def _within_group_pairs(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,8 +22,14 @@ from genmeasures.evaluate.baselines import (
     oracle_draws,
     random_measure,
 )
-from genmeasures.evaluate.cmi import cmi_matrix, condition_sets, summarize_sets
-from genmeasures.evaluate.rank import kendall_tau, psi_matrix
+from genmeasures.evaluate.cmi import (
+    Conditioning,
+    cmi_matrix,
+    condition_sets,
+    conditioning,
+    summarize_sets,
+)
+from genmeasures.evaluate.rank import Groups, kendall_tau, psi_groups, psi_matrix
 from genmeasures.evaluate.table import (
     BOOKKEEPING,
     DONE,
@@ -178,7 +184,7 @@ def score_table(
     scored = finished[gap_ok]
     g = g[gap_ok]
     codes = level_codes(scored[list(names)])
-    sets = condition_sets(len(names), min(2, len(names)), pgdl=False)
+    design = _design(codes)
 
     rank_rows: dict[str, dict[str, float]] = {}
     cmi_rows: dict[str, dict[str, Any]] = {}
@@ -197,15 +203,16 @@ def score_table(
             continue
         if not keep.all():
             dropped[name] = int((~keep).sum())
-        rank_rows[name], cmi_rows[name] = _scores(mu[keep, None], g[keep], codes[keep], names, sets)
+        own = design if keep.all() else _design(codes[keep])
+        rank_rows[name], cmi_rows[name] = _scores(mu[keep, None], g[keep], own, names)
     for epsilon in epsilons:
         label = oracle_row(epsilon)
         rank_rows[label], cmi_rows[label] = _scores(
-            oracle_draws(g, epsilon, draws, seed), g, codes, names, sets
+            oracle_draws(g, epsilon, draws, seed), g, design, names
         )
-    rank_rows[CANONICAL_ROW] = _canonical_psi(scored, g, codes, names, canonical)
+    rank_rows[CANONICAL_ROW] = _canonical_psi(scored, g, design, names, canonical)
     rank_rows[RANDOM_ROW], cmi_rows[RANDOM_ROW] = _scores(
-        random_measure(len(g), seed)[:, None], g, codes, names, sets
+        random_measure(len(g), seed)[:, None], g, design, names
     )
     chosen = tuple(name for name in chosen if name not in unscored)
     if not chosen:
@@ -217,7 +224,7 @@ def score_table(
     ranks = pd.DataFrame.from_dict(rank_rows, orient="index", columns=[*names, *RANK_COLUMNS])
     cmi = pd.DataFrame.from_dict(cmi_rows, orient="index", columns=[*names, *CMI_COLUMNS])
     ranks.index.name = cmi.index.name = "measure"
-    groups = {name: psi_matrix(g[:, None], g, codes, i)[1:] for i, name in enumerate(names)}
+    groups = {name: (own.used, own.skipped) for name, own in zip(names, design.groups, strict=True)}
     coverage = grid_coverage(scored[list(names)])
     return Evaluation(
         ranks=ranks,
@@ -245,29 +252,46 @@ def score_table(
     )
 
 
+@dataclass(frozen=True)
+class _Design:
+    """What every measure scored on the same models shares: ψ groups and CMI cells."""
+
+    groups: list[Groups]
+    cells: Conditioning
+
+
+def _design(codes: np.ndarray) -> _Design:
+    types = codes.shape[1]
+    return _Design(
+        groups=[psi_groups(codes, i) for i in range(types)],
+        cells=conditioning(codes, condition_sets(types, 2, pgdl=False)),
+    )
+
+
 def _scores(
-    mu: np.ndarray,
-    g: np.ndarray,
-    codes: np.ndarray,
-    names: Sequence[str],
-    sets: Sequence[tuple[int, ...]],
+    mu: np.ndarray, g: np.ndarray, design: _Design, names: Sequence[str]
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """A rank row and a CMI row for the columns of ``mu`` (averaged over them: oracle draws)."""
-    psi = {name: float(psi_matrix(mu, g, codes, i)[0].mean()) for i, name in enumerate(names)}
+    psi = {
+        name: float(psi_matrix(mu, g, groups).mean())
+        for name, groups in zip(names, design.groups, strict=True)
+    }
     finite = [value for value in psi.values() if np.isfinite(value)]
     tau = float(np.mean([kendall_tau(column, g) for column in mu.T]))
     rank_row = psi | {"tau": tau, "Psi": float(np.mean(finite)) if finite else np.nan}
-    summary = summarize_sets(cmi_matrix(mu, g, codes, sets).mean(axis=1), sets, names)
+    sets = design.cells.sets
+    summary = summarize_sets(cmi_matrix(mu, g, design.cells).mean(axis=1), sets, names)
     cmi_row: dict[str, Any] = dict(summary.single)
     cmi_row |= {f"|S|={size}": summary.minima.get(size, np.nan) for size in range(3)}
-    cmi_row |= {"K": summary.K, "K set": ", ".join(summary.K_set) or "∅"}
+    k_set = ", ".join(summary.K_set) or "∅" if np.isfinite(summary.K) else ""
+    cmi_row |= {"K": summary.K, "K set": k_set}
     return rank_row, cmi_row
 
 
 def _canonical_psi(
     scored: pd.DataFrame,
     g: np.ndarray,
-    codes: np.ndarray,
+    design: _Design,
     names: Sequence[str],
     canonical: Mapping[str, str | tuple[Any, ...] | pd.Series] | None,
 ) -> dict[str, float]:
@@ -279,6 +303,11 @@ def _canonical_psi(
         if order is None:
             continue
         if isinstance(order, pd.Series):
+            if not order.index.is_unique:
+                raise EvaluationError(
+                    f"the canonical ranks of {name!r} must have one value per model; their "
+                    "index repeats labels"
+                )
             ranks = order.reindex(scored.index).to_numpy(dtype=np.float64)
             if not np.isfinite(ranks).all():
                 raise EvaluationError(
@@ -286,7 +315,7 @@ def _canonical_psi(
                 )
         else:
             ranks = canonical_measure(scored[name], order).to_numpy()
-        row[name] = float(psi_matrix(ranks[:, None], g, codes, i)[0][0])
+        row[name] = float(psi_matrix(ranks[:, None], g, design.groups[i])[0])
     return row
 
 
