@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import genmeasures as gm
@@ -229,3 +230,77 @@ def test_study_commands_report_bad_input(
     assert code == 2 and "not a study folder" in err
     code, _, err = run(capsys, "measure", str(tmp_path), "--weights", "w.safetensors")
     assert code == 2 and "--weights" in err
+
+
+def grid_space(tmp_path: Path) -> Path:
+    """A 2 x 2 grid (learning rate x batch size) of the CLI test study."""
+    space = tmp_path / "grid.toml"
+    space.write_text(
+        STUDY_SPACE.replace('name = "cli-test"', 'name = "cli-grid"')
+        .replace("batch_size = 32\n", "")
+        .replace("[grid]", "[grid]\nbatch_size = [16, 64]")
+    )
+    return space
+
+
+def test_study_trains_measures_evaluates_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space, study = grid_space(tmp_path), tmp_path / "study"
+    argv = ["study", "--space", str(space), "--out", str(study), "--measures", "param-norm"]
+    code, out, err = run(capsys, *argv, "path-norm")
+    assert code == 0, err
+    assert "trained 4 models" in out and "measured 4 models" in out
+    rows = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"param-norm", "path-norm", "random"} <= rows
+    assert "τ-a" in out
+    report = study / "report"
+    for name in ("report.md", "report.html", "ranks.csv", "cmi.csv", "pearson.csv", "ranks.tex"):
+        assert (report / name).is_file(), name
+    ranks = pd.read_csv(report / "ranks.csv", index_col=0)
+    assert {"param-norm", "path-norm", "canonical ordering", "oracle 0.01"} <= set(ranks.index)
+    code, again, err = run(capsys, *argv, "path-norm")
+    assert code == 0, err
+    assert "trained 0 models" in again and "4 already up to date" in again
+    assert again.split("τ-a")[1] == out.split("τ-a")[1]  # same stored values, same seed
+
+
+def test_evaluate_a_study_and_an_exported_table_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "study"
+    assert main(["train", "--space", str(grid_space(tmp_path)), "--out", str(study)]) == 0
+    assert main(["measure", str(study), "--measures", "param-norm"]) == 0
+    assert main(["show", str(study), "--export", str(tmp_path / "t.csv")]) == 0
+    capsys.readouterr()
+    code, from_study, err = run(capsys, "evaluate", str(study), "--report", str(tmp_path / "r1"))
+    assert code == 0, err
+    code, from_csv, err = run(
+        capsys, "evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "batch_size,lr"
+    )
+    assert code == 0, err
+    assert (tmp_path / "t-report" / "report.html").is_file()
+    study_ranks = pd.read_csv(tmp_path / "r1" / "ranks.csv", index_col=0)
+    csv_ranks = pd.read_csv(tmp_path / "t-report" / "ranks.csv", index_col=0)
+    pd.testing.assert_frame_equal(study_ranks, csv_ranks)
+    assert from_study == from_csv
+
+
+def test_evaluate_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "evaluate")
+    assert code == 2 and "--table" in err
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"a": [1, 2, 1, 2], "gap": [0.1, 0.2, 0.3, 0.4], "m": [1, 2, 3, 4]}).to_csv(
+        table, index=False
+    )
+    code, _, err = run(capsys, "evaluate", "--table", str(table))
+    assert code == 2 and "--hparams" in err
+    code, _, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a,b")
+    assert code == 2 and "'b'" in err and "columns are" in err
+    code, _, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a", "--gap", "g")
+    assert code == 2 and "'g'" in err
+    code, _, err = run(capsys, "evaluate", "--table", str(tmp_path / "none.csv"), "--hparams", "a")
+    assert code == 2 and "does not exist" in err
+    code, out, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a")
+    assert code == 0, err
+    assert "m" in {line.split()[0] for line in out.splitlines() if line.strip()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -20,15 +22,34 @@ def test_readme_python_example_runs(monkeypatch, tmp_path, capsys):
     assert "spectral" in printed
 
 
-def test_readme_zoo_example_runs(monkeypatch, tmp_path):
-    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def zoo_example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The folder in which the README's zoo example ran, and its namespace."""
+    folder = tmp_path_factory.mktemp("readme")
     namespace: dict = {}
-    exec(compile(python_blocks()[1], str(README), "exec"), namespace)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GENMEASURES_CACHE", str(folder / "cache"))
+        patch.chdir(folder)
+        exec(compile(python_blocks()[1], str(README), "exec"), namespace)
+    return folder, namespace
+
+
+def test_readme_zoo_example_runs(zoo_example):
+    folder, namespace = zoo_example
     table = namespace["table"]
     assert len(table) == len(namespace["zoo"].space) and (table["status"] == "done").all()
     assert table["path-norm"].notna().all()
-    assert (tmp_path / "runs" / "smoke" / "table.parquet").is_file()
+    assert (folder / "runs" / "smoke" / "table.parquet").is_file()
+
+
+def test_readme_evaluation_example_runs(zoo_example, monkeypatch, capsys):
+    folder, _ = zoo_example
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    exec(compile(python_blocks()[2], str(README), "exec"), namespace)
+    scores = namespace["scores"]
+    assert {"path-norm", "oracle 0.01", "canonical ordering"} <= set(scores.ranks.index)
+    assert "K" in capsys.readouterr().out
 
 
 def test_readme_quick_start_has_exactly_two_commands():
@@ -37,6 +58,6 @@ def test_readme_quick_start_has_exactly_two_commands():
     (block,) = re.findall(r"```bash\n(.*?)```", quick_start, re.S)[:1]
     commands = [line for line in block.splitlines() if line.strip()]
     assert len(commands) == 2
-    assert "genmeasures measure" in commands[0]
+    assert "genmeasures study" in commands[0]
     assert "pytest" in commands[1]
     assert all("torch==2.13.0" in command for command in commands)

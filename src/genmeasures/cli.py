@@ -5,6 +5,8 @@ Commands:
     ``genmeasures train (--preset NAME | --space FILE) --out DIR``: train a study's models.
     ``genmeasures show DIR``: a study's status and results table.
     ``genmeasures measure DIR``: compute measures for every finished model of a study.
+    ``genmeasures evaluate (DIR | --table FILE.csv --hparams A,B)``: score measures, write a report.
+    ``genmeasures study [--preset NAME]``: train, measure and evaluate (default: quick).
     ``genmeasures measure``: train a small model on a built-in dataset (or load one from a
     safetensors file and its model spec) and print its measures.
 """
@@ -27,15 +29,21 @@ from tqdm import tqdm
 from genmeasures import __version__
 from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
+from genmeasures.evaluate import Evaluation, read_table, score_table
+from genmeasures.evaluate.report import format_summary, write_report
 from genmeasures.measures import Results, compute, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
 from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
+from genmeasures.zoo.evaluating import evaluate_zoo
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import Config, list_presets, load_space
 from genmeasures.zoo.store import METRICS, ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
+
+#: The space ``genmeasures study`` runs without --preset or --space.
+DEFAULT_STUDY = "quick"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,18 +66,51 @@ def _parser() -> argparse.ArgumentParser:
         "the target, storing weights, records and results in --out. Re-running the same command "
         "resumes: finished models are skipped, models left running by a killed run are retried.",
     )
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help=f"a packaged space: {', '.join(list_presets())}")
-    source.add_argument("--space", type=Path, help="a space TOML file")
-    train.add_argument("--out", type=Path, default=None, help="study folder (default runs/NAME)")
-    train.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    train.add_argument("--executor", choices=EXECUTORS, default="local")
-    train.add_argument("--address", default=None, help="Ray cluster address (default: local)")
-    train.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
-    train.add_argument(
-        "--no-batch", action="store_true", help="train one model at a time instead of vmapped"
+    _add_training_options(train, source_required=True)
+
+    study = commands.add_parser(
+        "study",
+        help="train, measure and evaluate a study end to end (resumable)",
+        description="Trains the models of a space (default: the quick preset, 81 MLPs on the "
+        "built-in MNIST-1D), computes the measures of every finished model, scores them "
+        "(Kendall's tau, granulated tau, conditional mutual information, baselines) and writes "
+        "a report. Re-running resumes each step where it stopped.",
     )
-    train.add_argument("--retry-failed", action="store_true", help="train failed models again")
+    _add_training_options(study, source_required=False)
+    study.add_argument(
+        "--measures",
+        nargs="+",
+        default=["all"],
+        help="names, aliases or glob patterns to compute (default: all)",
+    )
+    _add_evaluation_options(study)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a study's measures, or a CSV table's, and write a report",
+        description="Scores every measure against the generalization gap: Kendall's tau-a, "
+        "granulated tau (psi per hyperparameter, Psi), conditional mutual information (K), "
+        "the oracle, canonical-ordering and random baselines, Pearson's r; prints the summary "
+        "table and writes report.md, report.html, CSV and LaTeX tables and plots.",
+    )
+    evaluate.add_argument("study", type=Path, nargs="?", default=None, help="study folder")
+    evaluate.add_argument(
+        "--table", type=Path, default=None, help="a .csv or .parquet table instead of a study"
+    )
+    evaluate.add_argument("--gap", default="gap", help="the gap column of --table (default gap)")
+    evaluate.add_argument(
+        "--hparams", default=None, help="comma-separated hyperparameter columns of --table"
+    )
+    evaluate.add_argument(
+        "--architecture", default=None, help="column that tells architectures apart (--table)"
+    )
+    evaluate.add_argument(
+        "--measures",
+        nargs="+",
+        default=None,
+        help="measure columns to score (default: every stored measure / numeric column)",
+    )
+    _add_evaluation_options(evaluate)
 
     show = commands.add_parser("show", help="print a study's status and results table")
     show.add_argument("study", type=Path, help="study folder")
@@ -122,6 +163,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_training_options(parser: argparse.ArgumentParser, *, source_required: bool) -> None:
+    source = parser.add_mutually_exclusive_group(required=source_required)
+    source.add_argument("--preset", help=f"a packaged space: {', '.join(list_presets())}")
+    source.add_argument("--space", type=Path, help="a space TOML file")
+    parser.add_argument("--out", type=Path, default=None, help="study folder (default runs/NAME)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
+    parser.add_argument(
+        "--no-batch", action="store_true", help="train one model at a time instead of vmapped"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="train failed models again")
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report", type=Path, default=None, help="report folder (default: STUDY/report)"
+    )
+    parser.add_argument(
+        "--draws", type=int, default=10, help="draws averaged per oracle row (default 10)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the oracle and random baselines"
+    )
+
+
 def _list(args: argparse.Namespace) -> int:
     rows = [
         {
@@ -153,11 +221,20 @@ def _left_aligned(rows: list[dict[str, str]]) -> str:
     return "\n".join("  ".join(line).rstrip() for line in lines)
 
 
-def _train_study(args: argparse.Namespace) -> int:
-    space = load_space(args.preset if args.preset is not None else args.space)
+def _open_study(args: argparse.Namespace, default_preset: str | None = None) -> Zoo:
+    space = load_space(args.space if args.space is not None else args.preset or default_preset)
     out = args.out if args.out is not None else Path("runs") / space.name
     zoo = Zoo.create(out, space)
     print(f"study {out}: space {space.name!r}, {len(space)} models", file=sys.stderr)
+    return zoo
+
+
+def _train_study(args: argparse.Namespace) -> int:
+    return 1 if _train_models(_open_study(args), args) else 0
+
+
+def _train_models(zoo: Zoo, args: argparse.Namespace) -> int:
+    """Train the study's pending models; returns how many models have failed."""
     counts = zoo.counts()
     expected = counts["pending"] + counts["running"] + args.retry_failed * counts["failed"]
     with tqdm(total=expected, desc="training", unit="model", file=sys.stderr, disable=None) as bar:
@@ -188,10 +265,63 @@ def _train_study(args: argparse.Namespace) -> int:
     failed = zoo.counts()["failed"]
     if failed:
         print(
-            f"{failed} models failed: see `genmeasures show {out}`; retry with --retry-failed",
+            f"{failed} models failed: see `genmeasures show {zoo.path}`; retry with --retry-failed",
             file=sys.stderr,
         )
+    return failed
+
+
+def _study(args: argparse.Namespace) -> int:
+    resolve_measures(args.measures)  # a misspelt name fails before any training
+    zoo = _open_study(args, default_preset=DEFAULT_STUDY)
+    failed = _train_models(zoo, args)
+    _measure_models(zoo, args.measures, args.data_root)
+    _report(
+        evaluate_zoo(zoo, draws=args.draws, seed=args.seed),
+        args.report or zoo.path / "report",
+        title=f"Study {zoo.space.name}",
+        description=zoo.space.description,
+    )
     return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if (args.study is None) == (args.table is None):
+        raise GenMeasuresError("give either a study folder or --table FILE (not both)")
+    if args.study is not None:
+        if args.hparams is not None or args.architecture is not None or args.gap != "gap":
+            raise GenMeasuresError(
+                "--gap, --hparams and --architecture describe a --table; a study folder "
+                "knows its own"
+            )
+        zoo = Zoo(args.study)
+        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.seed)
+        folder = args.report or zoo.path / "report"
+        title, description = f"Study {zoo.space.name}", zoo.space.description
+    else:
+        if args.hparams is None:
+            raise GenMeasuresError(
+                "--table needs --hparams A,B,...: the columns that are hyperparameters"
+            )
+        evaluation = score_table(
+            read_table(args.table),
+            args.measures,
+            gap=args.gap,
+            hparams=[name.strip() for name in args.hparams.split(",") if name.strip()],
+            architecture=args.architecture,
+            draws=args.draws,
+            seed=args.seed,
+        )
+        folder = args.report or args.table.with_name(f"{args.table.stem}-report")
+        title, description = f"Table {args.table.name}", ""
+    _report(evaluation, folder, title=title, description=description)
+    return 0
+
+
+def _report(evaluation: Evaluation, folder: Path, *, title: str, description: str) -> None:
+    report = write_report(evaluation, folder, title=title, description=description)
+    print(format_summary(evaluation))
+    print(f"report: {report}", file=sys.stderr)
 
 
 def _status_line(zoo: Zoo) -> str:
@@ -226,14 +356,18 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _measure_study(args: argparse.Namespace) -> int:
-    zoo = Zoo(args.study)
+    _measure_models(Zoo(args.study), args.measures, args.data_root)
+    return 0
+
+
+def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None) -> None:
     with tqdm(desc="measuring", unit="model", file=sys.stderr, disable=None) as bar:
 
         def on_model(config: Config, done: int, total: int) -> None:
             bar.total = total
             bar.update()
 
-        summary = measure_zoo(zoo, args.measures, data_root=args.data_root, on_model=on_model)
+        summary = measure_zoo(zoo, measures, data_root=data_root, on_model=on_model)
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))
@@ -243,7 +377,6 @@ def _measure_study(args: argparse.Namespace) -> int:
         f"{summary.up_to_date} already up to date"
         + (f"; {summary.corrupt} with corrupt checkpoints skipped" if summary.corrupt else "")
     )
-    return 0
 
 
 def _train(
@@ -353,7 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"list": _list, "train": _train_study, "show": _show, "measure": _measure}
+        commands = {
+            "list": _list,
+            "train": _train_study,
+            "show": _show,
+            "measure": _measure,
+            "evaluate": _evaluate,
+            "study": _study,
+        }
         return commands[args.command](args)
     except GenMeasuresError as error:
         print(f"genmeasures: error: {error}", file=sys.stderr)

@@ -68,7 +68,9 @@ class Evaluation:
             type, the minima over ``|S|=0``, ``|S|=1``, ``|S|=2``, ``K`` and ``K set`` (the
             types of the minimizing S, ``"∅"`` for the empty set).
         pearson: Rows: the measures. Columns: Pearson's r with the gap per architecture.
-        population: The table as given, every model included (for the population summary).
+        population: A copy of the table as given, every model included (for the population
+            summary).
+        scored: Its rows that were scored: finished models with a finite gap.
         measures: The measure columns scored, in order.
         baselines: The baseline row labels, in order.
         gap: The gap column.
@@ -91,6 +93,7 @@ class Evaluation:
     cmi: pd.DataFrame
     pearson: pd.DataFrame
     population: pd.DataFrame
+    scored: pd.DataFrame
     measures: tuple[str, ...]
     baselines: tuple[str, ...]
     gap: str
@@ -163,6 +166,12 @@ def score_table(
             finite values, fewer than 2 finished models, or a bad canonical order.
     """
     names = resolve_hparams(table, hparams)
+    clashes = [name for name in names if name in (*RANK_COLUMNS, *CMI_COLUMNS)]
+    if clashes:
+        raise EvaluationError(
+            f"hyperparameter columns may not be named like the score columns "
+            f"{[*RANK_COLUMNS, *CMI_COLUMNS]}; rename {clashes}"
+        )
     require_columns(table, [gap], "gap")
     chosen = tuple(measures) if measures is not None else measure_columns(table, gap, names)
     if not chosen:
@@ -230,7 +239,8 @@ def score_table(
         ranks=ranks,
         cmi=cmi,
         pearson=_pearson(scored, g, chosen, architecture),
-        population=table,
+        population=table.copy(),
+        scored=scored.copy(),
         measures=chosen,
         baselines=baselines,
         gap=gap,
@@ -355,17 +365,19 @@ def _notes(
     scored: pd.DataFrame,
     names: Sequence[str],
 ) -> list[str]:
-    notes = [f"{models} models scored of {len(table)} in the table."]
+    notes = [f"{_count(models, 'model')} scored of {len(table)} in the table."]
     if excluded:
         statuses = table.loc[table["status"] != DONE, "status"].value_counts()
         notes.append(
-            f"{excluded} models did not reach their stopping criterion and are excluded from "
+            f"{_count(excluded, 'model')} did not reach their stopping criterion and "
+            f"{'is' if excluded == 1 else 'are'} excluded from "
             f"every score ({', '.join(f'{n} {status}' for status, n in statuses.items())})."
         )
     if len(scored) < len(table) - excluded:
-        notes.append(f"{len(table) - excluded - len(scored)} finished models have no finite gap.")
+        missing = len(table) - excluded - len(scored)
+        notes.append(f"{_count(missing, 'finished model')} without a finite gap.")
     for name, count in dropped.items():
-        notes.append(f"{name}: {count} models with a NaN value dropped from its scores.")
+        notes.append(f"{name}: {_count(count, 'model')} with a NaN value dropped from its scores.")
     present, full = coverage
     if present < full:
         notes.append(
@@ -382,3 +394,7 @@ def _notes(
                 "every value present)."
             )
     return notes
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

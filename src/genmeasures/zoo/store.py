@@ -37,7 +37,8 @@ import pandas as pd
 import torch
 
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
-from genmeasures.measures import MeasureResult
+from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
+from genmeasures.measures import MeasureResult, list_measures
 from genmeasures.zoo.checkpoint import (
     EPOCH1_FILE,
     FINAL_FILE,
@@ -548,7 +549,9 @@ class Zoo:
         Returns:
             A DataFrame indexed by config hash, in grid order. Hyperparameter columns carry the
             grid's names (``lr``, ``width``, ...); metrics are ``train_ce``, ``train_error``,
-            ``test_ce``, ``test_error``, ``gap``, ``steps``, ``seconds``.
+            ``test_ce``, ``test_error``, ``gap``, ``steps``, ``seconds``. ``attrs["hparams"]``
+            and ``attrs["measures"]`` name the hyperparameter and measure columns, as
+            :mod:`genmeasures.evaluate` reads them; measures are in the catalog's order.
         """
         rows = self._connection.execute(
             f"SELECT hash, idx, status, hparams, {', '.join(METRICS)} FROM models ORDER BY idx"
@@ -565,17 +568,20 @@ class Zoo:
         frame = pd.DataFrame.from_records(
             records, columns=["hash", "index", "status", *hparam_names, *METRICS]
         ).set_index("hash")
+        frame.attrs[HPARAMS_ATTR] = hparam_names
         if not measures:
             return frame
         stored = pd.read_sql_query(
             "SELECT model, name, value FROM measures ORDER BY rowid", self._connection
         )
-        if stored.empty:
-            return frame
         wide = stored.drop_duplicates(["model", "name"], keep="last").pivot(
             index="model", columns="name", values="value"
         )
-        return frame.join(wide.astype(float))
+        catalog = {spec.name: position for position, spec in enumerate(list_measures())}
+        wide = wide[sorted(wide.columns, key=lambda name: (catalog.get(name, len(catalog)), name))]
+        frame = frame.join(wide.astype(float))
+        frame.attrs |= {HPARAMS_ATTR: hparam_names, MEASURES_ATTR: list(wide.columns)}
+        return frame
 
     def measures_table(self) -> pd.DataFrame:
         """Every stored measure value in long form, with its parameters, status and version."""

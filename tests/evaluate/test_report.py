@@ -1,0 +1,374 @@
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from genmeasures.evaluate import Evaluation, score_table
+from genmeasures.evaluate import report as rp
+
+HPARAMS = ["width", "batch_size", "lr"]
+SAFE_NAME = re.compile(r"^[a-z0-9._-]+\.png$")
+
+
+def make_table(measures: list[str], *, seed: int = 0, train_columns: bool = True) -> pd.DataFrame:
+    """A 3 x 3 x 2 grid whose gap falls with width and rises with batch size."""
+    rng = np.random.default_rng(seed)
+    grid = itertools.product([128, 256, 512], [32, 64, 128], [0.03, 0.0125])
+    table = pd.DataFrame(list(grid), columns=HPARAMS)
+    trend = 0.3 + 0.0004 * table.batch_size - 0.0002 * table.width - table.lr
+    table["gap"] = trend + rng.normal(0, 0.01, len(table))
+    for k, name in enumerate(measures):
+        if k == 0:
+            table[name] = table.gap + rng.normal(0, 0.02, len(table))
+        else:
+            table[name] = rng.normal(size=len(table))
+    if train_columns:
+        table["status"] = "done"
+        table.loc[[3, 7], "status"] = "failed"
+        table["train_error"] = np.where(np.arange(len(table)) % 4 == 0, 0.05, 0.0)
+        table["train_ce"] = rng.gamma(2.0, 0.005, len(table))
+    return table
+
+
+def evaluate(table: pd.DataFrame, measures: list[str]) -> Evaluation:
+    return score_table(table, measures, hparams=HPARAMS, draws=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ev() -> Evaluation:
+    return evaluate(make_table(["m1", "m2"]), ["m1", "m2"])
+
+
+# Names that need escaping in HTML, Markdown and LaTeX, and two that collide once slugified.
+ODD = ["a<b & c/d", "a/b", "a b"]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Evaluation, Path]:
+    table = make_table(ODD)
+    odd = evaluate(table, ODD)
+    folder = tmp_path_factory.mktemp("report") / "nested" / "out"
+    path = rp.write_report(odd, folder, title="Study <1> & co", description="A *small* grid.")
+    assert path == folder / "report.md"
+    return odd, folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def test_rank_table_rows_columns_and_statement(ev: Evaluation) -> None:
+    table = rp.rank_table(ev)
+    assert list(table.index) == [*ev.measures, *ev.baselines]
+    assert list(table.columns) == [*HPARAMS, "τ", "Ψ"]
+    assert np.isnan(table.at["canonical ordering", "τ"])
+    assert np.isnan(table.at["canonical ordering", "Ψ"])
+    assert table.at["m1", "τ"] == ev.ranks.at["m1", "tau"]
+    assert "τ-a" in table.attrs["caption"] and "ties count 0" in table.attrs["caption"]
+    assert table.attrs["baselines"] == ev.baselines
+    # The evaluation's own tables are left as they were.
+    assert list(ev.ranks.columns) == [*HPARAMS, "tau", "Psi"]
+
+
+def test_cmi_and_pearson_tables(ev: Evaluation) -> None:
+    cmi = rp.cmi_table(ev)
+    assert list(cmi.columns) == [*HPARAMS, "|S|=0", "|S|=1", "|S|=2", "K", "K set"]
+    assert "canonical ordering" not in cmi.index
+    assert cmi.attrs["baselines"] == tuple(b for b in ev.baselines if b != "canonical ordering")
+    assert cmi.attrs["decimals"] == 4
+    pearson = rp.pearson_table(ev)
+    assert list(pearson.index) == list(ev.measures)
+    assert list(pearson.columns) == ["r"]
+    assert pearson.attrs["baselines"] == ()
+
+
+@pytest.mark.parametrize("build", [rp.rank_table, rp.cmi_table, rp.pearson_table])
+def test_csv_round_trips(ev: Evaluation, build, tmp_path: Path) -> None:
+    table = build(ev)
+    path = tmp_path / "table.csv"
+    path.write_text(rp.to_csv(table), encoding="utf-8")
+    back = pd.read_csv(path, index_col=0, encoding="utf-8")
+    assert list(back.index) == list(table.index)
+    assert list(back.columns) == list(table.columns)
+    for column in table.columns:
+        if pd.api.types.is_numeric_dtype(table[column]):
+            np.testing.assert_array_equal(back[column].to_numpy(), table[column].to_numpy())
+        else:
+            assert list(back[column]) == list(table[column])
+    # NaN is an empty field, not "N/A" or "nan".
+    text = path.read_text(encoding="utf-8")
+    assert "N/A" not in text and "nan" not in text.lower()
+
+
+def _table_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+def test_markdown_rank_table(ev: Evaluation) -> None:
+    text = rp.to_markdown(rp.rank_table(ev))
+    rows = _table_rows(text)
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert header == ["measure", *HPARAMS, "τ", "Ψ"]
+    assert set(rows[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
+    body = rows[2:]
+    assert len(body) == len(ev.measures) + len(ev.baselines)
+    for name in [*ev.measures, *ev.baselines]:
+        assert sum(name in row for row in body) >= 1, name
+    canonical = next(row for row in body if "canonical ordering" in row)
+    assert canonical.count("N/A") == 2
+    m1 = next(row for row in body if row.startswith("| m1 "))
+    assert f"{ev.ranks.at['m1', 'tau']:.3f}" in m1
+    assert "Kendall τ-a: ties count 0" in text
+    # Baselines are set apart from the measures.
+    assert "*random*" in text and "*m1*" not in text
+
+
+def test_markdown_cmi_decimals_and_escaping(ev: Evaluation) -> None:
+    text = rp.to_markdown(rp.cmi_table(ev))
+    m1 = next(row for row in _table_rows(text) if row.startswith("| m1 "))
+    assert f"{ev.cmi.at['m1', 'K']:.4f}" in m1
+    # | in a header or a name must not split the row.
+    header = _table_rows(text)[0]
+    assert r"\|S\|=0" in header
+    frame = pd.DataFrame({"x": [1.0, np.nan]}, index=["a|b", "c"])
+    rows = _table_rows(rp.to_markdown(frame, "caption"))
+    assert rows[2].count(" | ") == 1 and r"a\|b" in rows[2]
+    assert "N/A" in rows[3]
+
+
+def test_latex_escapes_and_rule(ev: Evaluation) -> None:
+    assert rp.latex_escape("x_y%z#w&v$u{t}") == r"x\_y\%z\#w\&v\$u\{t\}"
+    assert rp.latex_escape("1/margin") == "1/margin"
+    table = evaluate(make_table(["x_y%z#w", "1/margin"]), ["x_y%z#w", "1/margin"])
+    text = rp.to_latex(rp.rank_table(table))
+    assert r"x\_y\%z\#w" in text and "x_y%z#w" not in text
+    assert r"$\tau$" in text and r"$\Psi$" in text and r"Kendall $\tau$-a" in text
+    lines = text.splitlines()
+    first_baseline = next(i for i, line in enumerate(lines) if line.startswith("oracle 0.01 &"))
+    last_measure = next(i for i, line in enumerate(lines) if line.startswith("1/margin &"))
+    assert lines[first_baseline - 1] == r"\midrule"
+    assert last_measure == first_baseline - 2
+    assert r"\toprule" in lines and r"\bottomrule" in lines
+    canonical = next(line for line in lines if line.startswith("canonical ordering &"))
+    assert canonical.count("N/A") == 2
+    assert lines.count(r"\midrule") == 2  # under the header, above the baselines
+
+
+def test_format_summary_lists_every_row(ev: Evaluation) -> None:
+    long = "a-very-long-measure-name-" * 4
+    table = make_table(["m1", long])
+    summary_ev = evaluate(table, ["m1", long])
+    text = rp.format_summary(summary_ev)
+    lines = text.splitlines()
+    assert "τ-a" in lines[0]
+    assert f"{summary_ev.models} models scored" in lines[0]
+    assert f"{summary_ev.excluded} excluded" in lines[0]
+    assert max(len(line) for line in lines) <= 100
+    for name in ["m1", *summary_ev.baselines]:
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert any(line.startswith(long[: rp.NAME_WIDTH - 1] + "…") for line in lines)
+    canonical = next(line for line in lines if line.startswith("canonical ordering"))
+    own = summary_ev.ranks.loc["canonical ordering", list(summary_ev.hparams)]
+    assert canonical.endswith(", ".join(f"{name} {value:.3f}" for name, value in own.items()))
+    m1 = next(line for line in lines if line.startswith("m1 "))
+    assert m1.split()[1:] == [
+        f"{summary_ev.ranks.at['m1', 'tau']:.3f}",
+        f"{summary_ev.ranks.at['m1', 'Psi']:.3f}",
+        f"{summary_ev.cmi.at['m1', 'K']:.4f}",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def test_scatter_figure_panels_points_and_scale() -> None:
+    backend = matplotlib.get_backend()
+    table = make_table(["m1", "wide"])
+    table["wide"] = 10.0 ** np.linspace(-3, 3, len(table))
+    scored = evaluate(table, ["m1", "wide"])
+    figure = rp.scatter_figure(scored, "m1")
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(panels) == len(HPARAMS)
+    # Only the finished models are drawn (two failed).
+    assert sum(len(c.get_offsets()) for c in panels[0].collections) == scored.models == 16
+    legend = panels[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["128", "256", "512"]
+    assert "τ = " in figure.get_suptitle() and "Ψ = " in figure.get_suptitle()
+    assert panels[0].get_yscale() == "linear"
+    assert rp.scatter_figure(scored, "wide").axes[0].get_yscale() == "log"
+    png = rp.figure_png(figure)
+    assert png.startswith(b"\x89PNG")
+    assert matplotlib.get_backend() == backend
+    with pytest.raises(KeyError, match="not scored"):
+        rp.scatter_figure(scored, "gap")
+
+
+def test_scores_figure_sorted_bars_and_reference_lines(ev: Evaluation) -> None:
+    figure = rp.scores_figure(ev)
+    psi_ax, k_ax = figure.axes
+    widths = [patch.get_width() for patch in psi_ax.patches]
+    assert widths == sorted(widths)
+    assert sorted(widths) == sorted(ev.ranks.loc[list(ev.measures), "Psi"])
+    labels = [t.get_text() for t in k_ax.get_legend().get_texts()]
+    assert any(label.startswith("oracle 0.01") for label in labels)
+    assert any(label.startswith("random") for label in labels)
+    levels = [line.get_xdata()[0] for line in k_ax.get_lines()]
+    assert ev.cmi.at["oracle 0.01", "K"] in levels
+
+
+def test_population_figure_uses_every_row() -> None:
+    table = make_table(["m1"])
+    scored = evaluate(table, ["m1"])
+    figure = rp.population_figure(scored)
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(panels) == len(HPARAMS) + 2
+    width = panels[0]
+    total, fitted = width.patches[:3], width.patches[3:]
+    # Every model of the table counts, the two that failed included: 6 per width value.
+    assert [p.get_height() for p in total] == [6, 6, 6]
+    expected = [
+        int(((table.width == w) & (table.train_error < 0.01)).sum()) for w in (128, 256, 512)
+    ]
+    assert [p.get_height() for p in fitted] == expected
+    titles = [ax.get_title() for ax in panels]
+    assert any(f"all {len(table)} models" in t for t in titles)
+    assert any(f"{scored.models} finished models" in t for t in titles)
+    notes = rp.population_notes(scored)
+    assert any(f"of the {len(table)} models" in note for note in notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report folder
+
+
+def test_write_report_creates_every_file(written: tuple[Evaluation, Path]) -> None:
+    odd, folder = written
+    for name in [
+        "ranks.csv",
+        "cmi.csv",
+        "pearson.csv",
+        "ranks.tex",
+        "cmi.tex",
+        "pearson.tex",
+        "report.md",
+        "report.html",
+        "summary.json",
+        "figures/scores.png",
+        "figures/population.png",
+    ]:
+        assert (folder / name).is_file(), name
+    pngs = sorted((folder / "figures").glob("*.png"))
+    assert len(pngs) == 2 + len(odd.measures)
+    assert all(SAFE_NAME.match(p.name) for p in pngs)
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    ranks = pd.read_csv(folder / "ranks.csv", index_col=0)
+    np.testing.assert_array_equal(ranks["τ"].to_numpy(), odd.ranks["tau"].to_numpy())
+
+
+def test_report_html_is_self_contained_and_escaped(written: tuple[Evaluation, Path]) -> None:
+    odd, folder = written
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert 'src="http' not in page and 'href="http' not in page
+    assert "<link" not in page and "<script" not in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert page.count("data:image/png;base64,") == len(images) == 2 + len(odd.measures)
+    files = {p.read_bytes() for p in (folder / "figures").glob("*.png")}
+    assert {base64.b64decode(data) for data in images} == files
+    assert html.escape("a<b & c/d") in page and "a<b & c/d" not in page
+    assert "<h1>Study &lt;1&gt; &amp; co</h1>" in page
+    assert "τ-a" in page
+    for note in odd.notes:
+        assert html.escape(note) in page
+
+
+def test_report_markdown_content(written: tuple[Evaluation, Path]) -> None:
+    odd, folder = written
+    text = (folder / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# Study \\<1\\> & co")
+    assert "A *small* grid." in text
+    assert f"{odd.models} models scored; {odd.excluded} excluded" in text
+    for note in odd.notes:
+        assert f"- {note}" in text
+    assert "Kendall τ-a: ties count 0" in text
+    assert text.count("| measure ") == 3
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
+    assert len(links) == len(set(links)) == 2 + len(odd.measures)
+    for link in links:
+        assert (folder / link).is_file()
+    assert "a\\<b & c/d" in text
+
+
+def test_figure_names_are_unique_and_safe() -> None:
+    names = ["a/b", "a b", "A B", "a-b", "scores", "population", "", "#", "é" * 80, "x" * 200]
+    files = rp.figure_names(names)
+    assert list(files) == names
+    assert len(set(files.values())) == len(names)
+    assert all(SAFE_NAME.match(name) and len(name) < 100 for name in files.values())
+    assert not {"scores.png", "population.png"} & set(files.values())
+
+
+def test_report_without_status_or_training_columns(tmp_path: Path) -> None:
+    table = make_table(["m1"], train_columns=False)
+    assert not {"status", "train_error", "train_ce"} & set(table.columns)
+    scored = evaluate(table, ["m1"])
+    assert scored.excluded == 0
+    figure = rp.population_figure(scored)
+    assert len([ax for ax in figure.axes if ax.get_visible()]) == 1  # the gap histogram
+    rp.write_report(scored, tmp_path, title="plain CSV")
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "no train_error column" in text
+    assert "no train_ce column" in text
+    assert (tmp_path / "figures" / "population.png").is_file()
+
+
+def test_summary_json_has_null_for_nan(written: tuple[Evaluation, Path]) -> None:
+    odd, folder = written
+    text = (folder / "summary.json").read_text(encoding="utf-8")
+    assert "NaN" not in text
+    content = json.loads(text)
+    assert content["models"] == odd.models and content["excluded"] == odd.excluded
+    assert content["coverage"] == {"present": odd.coverage[0], "full": odd.coverage[1]}
+    assert content["notes"] == odd.notes
+    assert content["title"] == "Study <1> & co"
+    canonical = next(r for r in content["ranks"] if r["measure"] == "canonical ordering")
+    assert canonical["tau"] is None and canonical["Psi"] is None
+    assert [r["measure"] for r in content["ranks"]] == list(odd.ranks.index)
+    assert [r["measure"] for r in content["cmi"]] == list(odd.cmi.index)
+    assert {r["measure"] for r in content["pearson"]} == set(odd.measures)
+    first = content["ranks"][0]
+    assert first["tau"] == odd.ranks.iloc[0]["tau"]
+
+
+def test_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "report.md"
+    rp._write_atomic(path, "old")
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rp.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        rp._write_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_figure_png_is_small_and_valid(ev: Evaluation) -> None:
+    from PIL import Image
+
+    png = rp.figure_png(rp.scatter_figure(ev, "m1"))
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        assert image.size[0] <= 1300
+    assert len(png) < 150_000
