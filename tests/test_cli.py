@@ -247,7 +247,8 @@ def test_study_trains_measures_evaluates_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space, study = grid_space(tmp_path), tmp_path / "study"
-    argv = ["study", "--space", str(space), "--out", str(study), "--measures", "param-norm"]
+    argv = ["study", "--space", str(space), "--out", str(study), "--workers", "1"]
+    argv += ["--measures", "param-norm"]
     code, out, err = run(capsys, *argv, "path-norm")
     assert code == 0, err
     assert "trained 4 models" in out and "measured 4 models" in out
