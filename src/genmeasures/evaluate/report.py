@@ -117,19 +117,13 @@ def rank_table(ev: Evaluation) -> pd.DataFrame:
         baseline rows, the decimals (3), a caption and a LaTeX label for the writers.
     """
     table = ev.ranks.rename(columns=_READABLE).rename_axis("measure")
-    baselines = [row for row in ev.baselines if row in table.index]
-    table.attrs = {
-        BASELINES_ATTR: tuple(baselines),
-        DECIMALS_ATTR: 3,
-        CAPTION_ATTR: (
-            "Rank correlation with the generalization gap (Jiang et al. 2020, eqs 2-5, table 5). "
-            f"{TAU_A}. Columns: ψ_i per hyperparameter type (τ within groups of models that "
-            "differ only in that type, averaged over the groups), τ over every scored model, "
-            "Ψ = mean of ψ_i. " + _baselines_sentence(ev)
-        ),
-        LABEL_ATTR: "tab:ranks",
-    }
-    return table
+    caption = (
+        "Rank correlation with the generalization gap (Jiang et al. 2020, eqs 2-5, table 5). "
+        f"{TAU_A}. Columns: ψ_i per hyperparameter type (τ within groups of models that differ "
+        "only in that type, averaged over the groups), τ over every scored model, Ψ = mean of "
+        "ψ_i. " + _baselines_sentence(ev)
+    )
+    return _annotated(table, ev.baselines, decimals=3, caption=caption, label="tab:ranks")
 
 
 def cmi_table(ev: Evaluation) -> pd.DataFrame:
@@ -144,22 +138,16 @@ def cmi_table(ev: Evaluation) -> pd.DataFrame:
         ``|S|=0``, ``|S|=1``, ``|S|=2``, ``K`` (eq 14) and ``K set``. ``attrs`` as in
         :func:`rank_table`, with 4 decimals.
     """
+    caption = (
+        "Conditional mutual information Î(μ, S) = I(V_μ; V_g | U_S) / H(V_g | U_S) between the "
+        "sign of a measure's difference and the sign of the gap's difference over pairs of "
+        "models (Jiang et al. 2020, appendix B, eqs 11-14, table 6). Columns: Î conditioned on "
+        "each hyperparameter type, its minimum over the sets S with |S| = 0, 1 and 2, K = min "
+        "over |S| ≤ 2 and the minimizing set (∅: the empty set). Pairs tied in the measure or "
+        "the gap are dropped. " + _baselines_sentence(ev, canonical=False)
+    )
     table = ev.cmi.rename_axis("measure")
-    baselines = [row for row in ev.baselines if row in table.index]
-    table.attrs = {
-        BASELINES_ATTR: tuple(baselines),
-        DECIMALS_ATTR: 4,
-        CAPTION_ATTR: (
-            "Conditional mutual information Î(μ, S) = I(V_μ; V_g | U_S) / H(V_g | U_S) between "
-            "the sign of a measure's difference and the sign of the gap's difference over pairs "
-            "of models (Jiang et al. 2020, appendix B, eqs 11-14, table 6). Columns: Î "
-            "conditioned on each hyperparameter type, its minimum over the sets S with |S| = 0, "
-            "1 and 2, K = min over |S| ≤ 2 and the minimizing set (∅: the empty set). Pairs tied "
-            "in the measure or the gap are dropped. " + _baselines_sentence(ev, canonical=False)
-        ),
-        LABEL_ATTR: "tab:cmi",
-    }
-    return table
+    return _annotated(table, ev.baselines, decimals=4, caption=caption, label="tab:cmi")
 
 
 def pearson_table(ev: Evaluation) -> pd.DataFrame:
@@ -176,15 +164,22 @@ def pearson_table(ev: Evaluation) -> pd.DataFrame:
     if ev.architecture is None:
         table = table.rename(columns={"all": "r"})
     by = f" per {ev.architecture}" if ev.architecture is not None else ""
+    caption = (
+        f"Pearson correlation r between each measure and the generalization gap{by} (Tsuzuku "
+        "et al. 2020, section 8, tables 1-2), over the scored models with a finite value."
+    )
+    return _annotated(table, (), decimals=3, caption=caption, label="tab:pearson")
+
+
+def _annotated(
+    table: pd.DataFrame, baselines: Sequence[str], *, decimals: int, caption: str, label: str
+) -> pd.DataFrame:
+    """``table`` with what the writers read in its ``attrs``: baseline rows, decimals, caption."""
     table.attrs = {
-        BASELINES_ATTR: (),
-        DECIMALS_ATTR: 3,
-        CAPTION_ATTR: (
-            f"Pearson correlation r between each measure and the generalization gap{by} "
-            "(Tsuzuku et al. 2020, section 8, tables 1-2), over the scored models with a finite "
-            "value."
-        ),
-        LABEL_ATTR: "tab:pearson",
+        BASELINES_ATTR: tuple(row for row in baselines if row in table.index),
+        DECIMALS_ATTR: decimals,
+        CAPTION_ATTR: caption,
+        LABEL_ATTR: label,
     }
     return table
 
