@@ -300,3 +300,12 @@ def test_pearson_of_a_constant_measure_is_nan_and_nan_rows_are_skipped():
     assert ev.pearson.loc["holes", "all"] == pytest.approx(1.0, abs=1e-12)
     assert ev.dropped == {"holes": 2}
     assert ev.ranks.loc["constant", "tau"] == 0.0
+
+
+def test_one_measure_named_by_a_string_is_one_measure():
+    table = pd.DataFrame(
+        {"a": [1, 1, 2, 2], "b": [1, 2, 1, 2], "gap": [0.1, 0.2, 0.3, 0.5], "mu": [1, 2, 3, 4]}
+    )
+    evaluation = score_table(table, "mu", hparams=["a", "b"])
+    assert evaluation.measures == ("mu",)
+    assert evaluation.ranks.at["mu", "tau"] == 1.0

@@ -128,7 +128,7 @@ def measure_columns(table: pd.DataFrame, gap: str, hparams: Sequence[str]) -> tu
 
 def score_table(
     table: pd.DataFrame,
-    measures: Sequence[str] | None = None,
+    measures: Sequence[str] | str | None = None,
     *,
     gap: str = "gap",
     hparams: Sequence[str] | str | None = None,
@@ -173,6 +173,8 @@ def score_table(
             f"{[*RANK_COLUMNS, *CMI_COLUMNS]}; rename {clashes}"
         )
     require_columns(table, [gap], "gap")
+    if isinstance(measures, str):
+        measures = [measures]
     chosen = tuple(measures) if measures is not None else measure_columns(table, gap, names)
     if not chosen:
         raise EvaluationError(
@@ -214,6 +216,12 @@ def score_table(
             dropped[name] = int((~keep).sum())
         own = design if keep.all() else _design(codes[keep])
         rank_rows[name], cmi_rows[name] = _scores(mu[keep, None], g[keep], own, names)
+    chosen = tuple(name for name in chosen if name not in unscored)
+    if not chosen:
+        raise EvaluationError(
+            f"no measure has 2 finite values among the {len(g)} finished models: "
+            f"{', '.join(unscored)}"
+        )
     for epsilon in epsilons:
         label = oracle_row(epsilon)
         rank_rows[label], cmi_rows[label] = _scores(
@@ -223,12 +231,6 @@ def score_table(
     rank_rows[RANDOM_ROW], cmi_rows[RANDOM_ROW] = _scores(
         random_measure(len(g), seed)[:, None], g, design, names
     )
-    chosen = tuple(name for name in chosen if name not in unscored)
-    if not chosen:
-        raise EvaluationError(
-            f"no measure has 2 finite values among the {len(g)} finished models: "
-            f"{', '.join(unscored)}"
-        )
     baselines = (*(oracle_row(e) for e in epsilons), CANONICAL_ROW, RANDOM_ROW)
     ranks = pd.DataFrame.from_dict(rank_rows, orient="index", columns=[*names, *RANK_COLUMNS])
     cmi = pd.DataFrame.from_dict(cmi_rows, orient="index", columns=[*names, *CMI_COLUMNS])
