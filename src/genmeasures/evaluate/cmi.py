@@ -186,11 +186,13 @@ class Conditioning:
         sets: The conditioning sets, as tuples of type indices.
         onehot: Models x (values of every set, side by side): 1 where the model has the value.
         bounds: Where each set's columns start and stop in ``onehot``.
+        members: Each set's block of ``onehot`` in float64, for the cell counts.
     """
 
     sets: tuple[tuple[int, ...], ...]
     onehot: np.ndarray
     bounds: np.ndarray
+    members: tuple[np.ndarray, ...]
 
 
 def conditioning(codes: np.ndarray, sets: Sequence[tuple[int, ...]]) -> Conditioning:
@@ -202,7 +204,11 @@ def conditioning(codes: np.ndarray, sets: Sequence[tuple[int, ...]]) -> Conditio
         [np.eye(size, dtype=np.float32)[key] for key, size in zip(keys, sizes, strict=True)],
         axis=1,
     )
-    return Conditioning(sets=tuple(sets), onehot=onehot, bounds=np.cumsum([0, *sizes]))
+    bounds = np.cumsum([0, *sizes])
+    members = tuple(
+        onehot[:, start:stop].astype(np.float64) for start, stop in itertools.pairwise(bounds)
+    )
+    return Conditioning(sets=tuple(sets), onehot=onehot, bounds=bounds, members=members)
 
 
 def cmi_matrix(
@@ -222,8 +228,9 @@ def cmi_matrix(
     scores = np.empty((len(cells.sets), mu.shape[1]))
     for j in range(mu.shape[1]):
         products = _outcome_products(mu[:, j], g, cells.onehot, pgdl=pgdl)
-        for k, (start, stop) in enumerate(itertools.pairwise(cells.bounds)):
-            member = cells.onehot[:, start:stop].astype(np.float64)
+        for k, ((start, stop), member) in enumerate(
+            zip(itertools.pairwise(cells.bounds), cells.members, strict=True)
+        ):
             counts = [member.T @ product[:, start:stop] for product in products]
             if pgdl:
                 scores[k, j] = _pgdl_score(counts, member.sum(axis=0))
