@@ -163,3 +163,9 @@ def test_random_row_of_score_table_is_near_zero():
     assert ev.cmi.loc["random", "K"] < 0.05
     assert ev.cmi.loc["mu", "K"] == pytest.approx(1.0)
     assert not math.isnan(ev.cmi.loc["random", "|S|=0"])
+
+
+def test_canonical_rank_takes_a_list_as_a_tuple():
+    order = ["sgd", "adam", "rmsprop"]
+    assert [canonical_rank(order, v) for v in order] == [0.0, 1.0, 2.0]
+    assert canonical_rank(order, "adam") == canonical_rank(tuple(order), "adam")

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,12 +44,12 @@ ORACLE_EPSILONS = (0.01, 0.02, 0.05, 0.1)
 ORACLE_STREAM, RANDOM_STREAM = "evaluate/oracle", "evaluate/random"
 
 
-def canonical_rank(order: str | tuple[Any, ...], value: Any) -> float:
+def canonical_rank(order: str | Sequence[Any], value: Any) -> float:
     """A number whose order is the canonical prediction of the gap's order.
 
     Args:
-        order: ``"increasing"``, ``"decreasing"`` or a tuple of values from the smallest to the
-            largest expected gap.
+        order: ``"increasing"``, ``"decreasing"`` or a tuple (or list) of values from the
+            smallest to the largest expected gap.
         value: A value of the hyperparameter.
 
     Returns:
@@ -60,6 +60,8 @@ def canonical_rank(order: str | tuple[Any, ...], value: Any) -> float:
         EvaluationError: For another order, a value missing from the tuple, or a non-numeric
             value with a direction.
     """
+    if isinstance(order, list):
+        order = tuple(order)
     if isinstance(order, tuple):
         if value not in order:
             raise EvaluationError(f"value {value!r} is not in the canonical order {list(order)}")
