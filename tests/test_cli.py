@@ -12,6 +12,7 @@ import pytest
 
 import genmeasures as gm
 from genmeasures.cli import main
+from genmeasures.zoo.store import Zoo
 
 TRAIN = ["measure", "--dataset", "digits", "--train-size", "200", "--width", "32", "--depth", "1"]
 
@@ -264,6 +265,24 @@ def test_study_trains_measures_evaluates_and_resumes(
     assert code == 0, err
     assert "trained 0 models" in again and "4 already up to date" in again
     assert again.split("τ-a")[1] == out.split("τ-a")[1]  # same stored values, same seed
+
+
+def test_study_and_measure_compute_the_spaces_measures_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space, study = tmp_path / "listed.toml", tmp_path / "study"
+    listed = STUDY_SPACE.replace('name = "cli-test"', 'name = "cli-listed"')
+    space.write_text(
+        listed.replace("[fixed]", 'measures = ["*fro*", "!frob-*", "!*over*"]\n\n[fixed]', 1)
+    )
+    code, _, err = run(capsys, "study", "--space", str(space), "--out", str(study))
+    assert code == 0, err
+    optimization = {spec.name for spec in gm.list_measures() if spec.family == "optimization"}
+    stored = set(Zoo(study).table().attrs["measures"]) - optimization  # stored while training
+    assert stored == {"prod-of-fro", "sum-of-fro"}
+    code, out, err = run(capsys, "measure", str(study))
+    assert code == 0, err
+    assert "already up to date" in out
 
 
 def test_evaluate_a_study_and_an_exported_table_alike(

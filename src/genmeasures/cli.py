@@ -83,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--measures",
         nargs="+",
-        default=["all"],
-        help="names, aliases or glob patterns to compute (default: all)",
+        default=None,
+        help="names, aliases, glob patterns or !exclusions to compute (default: the space's "
+        "measures list, else all)",
     )
     _add_evaluation_options(study)
 
@@ -158,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument(
         "--measures",
         nargs="+",
-        default=["all"],
-        help="names, aliases or glob patterns (default: all)",
+        default=None,
+        help="names, aliases, glob patterns or !exclusions (default: a study's measures list, "
+        "else all)",
     )
     measure.add_argument("--seed", type=int, default=0)
     measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -286,10 +288,11 @@ def _train_models(zoo: Zoo, args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    resolve_measures(args.measures)  # a misspelt name fails before any training
+    if args.measures is not None:
+        resolve_measures(args.measures)  # a misspelt name fails before any training
     zoo = _open_study(args, default_preset=DEFAULT_STUDY)
     failed = _train_models(zoo, args)
-    _measure_models(zoo, args.measures, args.data_root)
+    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
     _report(
         evaluate_zoo(zoo, draws=args.draws, seed=args.seed),
         args.report or zoo.path / "report",
@@ -370,7 +373,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _measure_study(args: argparse.Namespace) -> int:
-    _measure_models(Zoo(args.study), args.measures, args.data_root)
+    zoo = Zoo(args.study)
+    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
     return 0
 
 
@@ -431,7 +435,8 @@ def _train(
 
 
 def _measure(args: argparse.Namespace) -> int:
-    resolve_measures(args.measures)  # a misspelt name fails before any training
+    if args.measures is not None:
+        resolve_measures(args.measures)  # a misspelt name fails before any training
     if args.study is not None:
         if any(x is not None for x in (args.weights, args.spec, args.init, args.save)):
             raise GenMeasuresError(
@@ -462,7 +467,7 @@ def _measure(args: argparse.Namespace) -> int:
             results = compute(
                 model,
                 dataset,
-                measures=args.measures,
+                measures=args.measures or "all",
                 init_model=init_model,
                 records=records,
                 seed=args.seed,

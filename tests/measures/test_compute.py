@@ -53,6 +53,17 @@ def test_a_list_mixes_names_and_patterns_and_only_names_are_explicit(data):
     assert results["frob-distance"].status == "missing"
 
 
+def test_exclusions_remove_what_the_items_before_them_selected(data):
+    results = gm.compute(tiny_mlp(), data, measures=["*fro*", "!frob-*", "!*over*"])
+    assert list(results) == ["prod-of-fro", "sum-of-fro"]
+    kept = gm.compute(tiny_mlp(), None, measures=["all", "!*", "param-norm"])
+    assert list(kept) == ["param-norm"]
+    with pytest.raises(gm.MeasureError, match="select no measure"):
+        gm.compute(tiny_mlp(), data, measures=["param-norm", "!param-norm"])
+    with pytest.raises(gm.UnknownMeasureError, match="nope"):
+        gm.compute(tiny_mlp(), data, measures=["all", "!nope"])
+
+
 def test_pattern_matching_nothing_is_an_error(data):
     with pytest.raises(gm.MeasureError, match="matches no measure"):
         gm.compute(tiny_mlp(), data, measures="*nothing*")

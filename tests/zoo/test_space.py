@@ -389,6 +389,32 @@ def test_space_json_round_trip_keeps_grid_order() -> None:
     assert back.hash == s.hash
 
 
+def test_measures_list_round_trips_and_is_not_hashed() -> None:
+    plain = space()
+    listed = space_from_dict(
+        {**small(), "measures": ["all", "!hessian-trace"]}, source="test-source"
+    )
+    assert plain.measures == ("all",)
+    assert listed.measures == ("all", "!hessian-trace")
+    assert listed.hash == plain.hash
+    assert Space.from_json(json.dumps(listed.to_json())).measures == listed.measures
+    assert load_space("quick").measures == ("all", "!hessian-trace", "!hessian-max-eig")
+
+
+@pytest.mark.parametrize(
+    ("measures", "message"),
+    [
+        ("all", r"test-source: measures: expected a non-empty list"),
+        ([], r"measures: expected a non-empty list"),
+        (["all", 3], r"measures: expected a non-empty list"),
+        (["all", "!nope"], r"test-source: measures: unknown measure 'nope'"),
+    ],
+)
+def test_measures_list_is_validated(measures: Any, message: str) -> None:
+    with pytest.raises(SpaceError, match=message):
+        space_from_dict({**small(), "measures": measures}, source="test-source")
+
+
 # --- validation errors ---
 
 ERRORS = [

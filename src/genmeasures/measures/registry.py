@@ -201,7 +201,9 @@ def resolve_measures(measures: str | Iterable[str]) -> list[tuple[MeasureSpec, b
     """Turn the ``measures`` argument of :func:`genmeasures.compute` into specs.
 
     Args:
-        measures: ``"all"``, a name, a glob pattern, or a list of names and patterns.
+        measures: ``"all"``, a name, a glob pattern, or a list of them. An item starting with
+            ``!`` removes what it names or matches from the items before it, e.g.
+            ``["all", "!hessian-*"]``.
 
     Returns:
         Each selected spec once, in the order given, with whether it was named explicitly (a
@@ -209,7 +211,8 @@ def resolve_measures(measures: str | Iterable[str]) -> list[tuple[MeasureSpec, b
 
     Raises:
         UnknownMeasureError: for a name that is not registered.
-        MeasureError: for a pattern that matches nothing or a malformed argument.
+        MeasureError: for a pattern that matches nothing, a selection left empty, or a malformed
+            argument.
     """
     items = [measures] if isinstance(measures, str) else list(measures)
     if not items or not all(isinstance(item, str) for item in items):
@@ -218,15 +221,21 @@ def resolve_measures(measures: str | Iterable[str]) -> list[tuple[MeasureSpec, b
         )
     selected: dict[str, tuple[MeasureSpec, bool]] = {}
     for item in items:
-        if item == "all" or any(ch in item for ch in "*?["):
-            specs = list_measures(item)
-            if not specs:
-                raise MeasureError(
-                    f"measures pattern {item!r} matches no measure; run `genmeasures list`"
-                )
-            for spec in specs:
+        excluded = item.startswith("!")
+        term = item[1:] if excluded else item
+        pattern = term == "all" or any(ch in term for ch in "*?[")
+        specs = list_measures(term) if pattern else [get_measure(term)]
+        if not specs:
+            raise MeasureError(
+                f"measures pattern {term!r} matches no measure; run `genmeasures list`"
+            )
+        for spec in specs:
+            if excluded:
+                selected.pop(spec.name, None)
+            elif pattern:
                 selected.setdefault(spec.name, (spec, False))
-        else:
-            spec = get_measure(item)
-            selected[spec.name] = (spec, True)
+            else:
+                selected[spec.name] = (spec, True)
+    if not selected:
+        raise MeasureError(f"measures {measures!r} select no measure")
     return list(selected.values())

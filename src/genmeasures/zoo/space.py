@@ -28,6 +28,11 @@ Spaces are read from TOML, either a packaged preset (:func:`list_presets`) or a 
     [canonical]                      # optional overrides of the default orders
     batch_size = "increasing"
 
+A top-level ``measures`` list (default ``["all"]``) names what ``genmeasures study`` and
+``genmeasures measure DIR`` compute when not told otherwise, e.g. ``measures = ["all",
+"!hessian-trace"]`` (see :func:`genmeasures.measures.registry.resolve_measures`); it is not part
+of the space's hash.
+
 Settings form one flat namespace (:func:`setting_names` lists them for a model):
 
 * ``dataset`` and ``model`` (fixed only) and the table ``dataset_options`` (fixed only: generator
@@ -70,8 +75,9 @@ from typing import Any, NoReturn
 from torch import nn
 
 from genmeasures.data import DATASETS, Dataset, list_datasets, load_dataset
-from genmeasures.errors import GenMeasuresError
+from genmeasures.errors import GenMeasuresError, MeasureError
 from genmeasures.evaluate.baselines import CANONICAL_ORDERS, canonical_rank
+from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
 from genmeasures.models.builders import _BadValueError, _spec
 from genmeasures.seeding import derive_seed
@@ -101,7 +107,7 @@ PER_OPTIMIZER = ("lr", "l2", "weight_decay")
 
 DIRECTIONS = ("increasing", "decreasing", "none")
 
-_TOP_LEVEL = ("name", "description", "fixed", "grid", "canonical")
+_TOP_LEVEL = ("name", "description", "measures", "fixed", "grid", "canonical")
 _FIXED_ONLY = ("dataset", "model", "dataset_options")
 _MAX_SEED = 2**64 - 1
 _HASH_CHARS = 16
@@ -625,6 +631,8 @@ class Space:
             from the smallest to the largest expected gap (Jiang et al. 2020, appendix C.4):
             :data:`~genmeasures.evaluate.baselines.CANONICAL_ORDERS` for the types the space's
             model knows, updated with the space's ``[canonical]`` table.
+        measures: What to compute for the models by default (names, glob patterns, ``!``
+            exclusions); not part of the hash, not compared.
         source: Where the space came from (preset name or file path), used in messages; not
             compared.
 
@@ -637,6 +645,7 @@ class Space:
     fixed: dict[str, Any]
     grid: dict[str, tuple[Any, ...] | dict[str, tuple[Any, ...]]]
     canonical: dict[str, str | tuple[Any, ...]]
+    measures: tuple[str, ...] = field(default=("all",), compare=False)
     source: str = field(default="<dict>", compare=False, repr=False)
 
     def __hash__(self) -> int:
@@ -833,6 +842,7 @@ class Space:
             {
                 "name": self.name,
                 "description": self.description,
+                "measures": list(self.measures),
                 "fixed": self.fixed,
                 "grid": [[key, values] for key, values in self.grid.items()],
                 "canonical": self.canonical,
@@ -924,6 +934,17 @@ def space_from_dict(
     description = data.get("description", "")
     if not isinstance(description, str):
         _fail(source, "description", description, "a string")
+    measures = data.get("measures", ["all"])
+    if (
+        not isinstance(measures, list | tuple)
+        or not measures
+        or not all(isinstance(item, str) for item in measures)
+    ):
+        _fail(source, "measures", measures, "a non-empty list of measure names or patterns")
+    try:
+        resolve_measures(measures)
+    except MeasureError as error:
+        raise SpaceError(f"{source}: measures: {error}") from None
     sections = {}
     for section in ("fixed", "grid", "canonical"):
         value = data.get(section, {})
@@ -1022,6 +1043,7 @@ def space_from_dict(
         fixed=fixed,
         grid=grid,
         canonical=canonical,
+        measures=tuple(measures),
         source=source,
     )
 
