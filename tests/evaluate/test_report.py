@@ -269,7 +269,7 @@ def test_write_report_creates_every_file(written: tuple[Evaluation, Path]) -> No
     ]:
         assert (folder / name).is_file(), name
     pngs = sorted((folder / "figures").glob("*.png"))
-    assert len(pngs) == 2 + len(odd.measures)
+    assert len(pngs) == 2 + len(HPARAMS) + len(odd.measures)
     assert all(SAFE_NAME.match(p.name) for p in pngs)
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
     ranks = pd.read_csv(folder / "ranks.csv", index_col=0)
@@ -282,7 +282,9 @@ def test_report_html_is_self_contained_and_escaped(written: tuple[Evaluation, Pa
     assert 'src="http' not in page and 'href="http' not in page
     assert "<link" not in page and "<script" not in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert page.count("data:image/png;base64,") == len(images) == 2 + len(odd.measures)
+    assert (
+        page.count("data:image/png;base64,") == len(images) == 2 + len(HPARAMS) + len(odd.measures)
+    )
     files = {p.read_bytes() for p in (folder / "figures").glob("*.png")}
     assert {base64.b64decode(data) for data in images} == files
     assert html.escape("a<b & c/d") in page and "a<b & c/d" not in page
@@ -302,8 +304,9 @@ def test_report_markdown_content(written: tuple[Evaluation, Path]) -> None:
         assert f"- {note}" in text
     assert "Kendall τ-a: ties count 0" in text
     assert text.count("| measure ") == 3
-    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
-    assert len(links) == len(set(links)) == 2 + len(odd.measures)
+    # Alt texts hold escaped brackets ("rescaled to \[0, 1\]").
+    links = re.findall(r"!\[(?:\\.|[^\]\\])*\]\((figures/[^)]+)\)", text)
+    assert len(links) == len(set(links)) == 2 + len(HPARAMS) + len(odd.measures)
     for link in links:
         assert (folder / link).is_file()
     assert "a\\<b & c/d" in text
@@ -372,3 +375,214 @@ def test_figure_png_is_small_and_valid(ev: Evaluation) -> None:
         assert image.format == "PNG"
         assert image.size[0] <= 1300
     assert len(png) < 150_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Trends (Tsuzuku et al. 2020, figures 1-2)
+
+WIDTHS, DEPTHS, SEEDS = [32, 128, 512, 2048], [1, 2, 3, 4], [0, 1, 2]
+
+
+def make_grid(measures: list[str], *, seed: int = 0) -> pd.DataFrame:
+    """Width x depth x seed, as the paper's figure 2: the measures grow with depth and width."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        list(itertools.product(WIDTHS, DEPTHS, SEEDS)), columns=["width", "depth", "seed"]
+    )
+    table["model"] = "mlp"
+    table["gap"] = 0.1 + 0.02 * table.depth - 0.01 * np.log2(table.width)
+    table["gap"] += rng.normal(0, 0.005, len(table))
+    for k, name in enumerate(measures):
+        table[name] = (k + 1) * table.depth + np.log2(table.width) + rng.normal(size=len(table))
+    return table
+
+
+def grid_evaluation(table: pd.DataFrame, measures: list[str], **kwargs: object) -> Evaluation:
+    kwargs = {"hparams": ["width", "depth", "seed"], "architecture": "model", **kwargs}
+    return score_table(table, measures, draws=1, seed=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def grid() -> Evaluation:
+    return grid_evaluation(make_grid(["m1", "m2"]), ["m1", "m2"])
+
+
+def hand_table() -> pd.DataFrame:
+    """Two widths x three seeds with values whose rescaled means are easy to compute by hand."""
+    return pd.DataFrame(
+        {
+            "width": [1, 1, 1, 2, 2, 2],
+            "seed": [0, 1, 2, 0, 1, 2],
+            "gap": [0.1, 0.2, 0.3, 0.2, 0.3, 0.4],
+            "line": [0.0, 2.0, 4.0, 6.0, 8.0, 10.0],
+            "holes": [1.0, np.nan, 3.0, 5.0, 5.0, 5.0],
+            "sparse": [np.nan, np.inf, 2.0, 4.0, 6.0, np.nan],
+            "flat": [7.0] * 6,
+        }
+    )
+
+
+def test_trend_table_by_hand() -> None:
+    measures = ["line", "holes", "sparse", "flat"]
+    ev = score_table(hand_table(), measures, hparams=["width", "seed"], draws=1)
+    assert rp.trend_hparams(ev) == ("width",)  # the seed replicates: it is no axis
+    table = rp.trend_table(ev, "width")
+    assert list(table.columns) == ["measure", "width", *rp.TREND_COLUMNS]
+    assert (
+        list(table.measure)
+        == ["line"] * 2 + ["holes"] * 2 + ["sparse"] * 2 + ["flat"] * 2 + ["gap"] * 2
+    )
+    assert list(table.width) == [1, 2] * 5
+    # A single axis (a seed is none): no series, the mean runs over the seeds.
+    assert table.series.isna().all() and table.series_level.isna().all()
+    half = np.sqrt(0.5) / 2  # std of {0, 0.5}
+    expected = {
+        # 0..10 rescales to 0, .2, ..., 1.
+        "line": ([0.2, 0.8], [0.2, 0.2], [3, 3]),
+        # NaN left out: 1, 3, 5 -> 0, .5, 1.
+        "holes": ([0.25, 1.0], [half, 0.0], [2, 3]),
+        # NaN and inf left out; a single model has no std.
+        "sparse": ([0.0, 0.75], [np.nan, half], [1, 2]),
+        # A constant column rescales to 0.
+        "flat": ([0.0, 0.0], [0.0, 0.0], [3, 3]),
+        # The gap's own trend: .1 .. .4 rescales to 0, 1/3, 2/3, 1/3, 2/3, 1.
+        "gap": ([1 / 3, 2 / 3], [1 / 3, 1 / 3], [3, 3]),
+    }
+    for name, (mean, std, count) in expected.items():
+        rows = table[table.measure == name]
+        np.testing.assert_allclose(rows["mean"], mean, err_msg=name)
+        np.testing.assert_allclose(rows["std"], std, err_msg=name)
+        assert list(rows["count"]) == count, name
+
+
+def test_trend_table_rescales_per_architecture() -> None:
+    mlp = make_grid(["m1"])
+    # A second architecture on another scale: the same values, times 1000 and shifted.
+    cnn = mlp.assign(model="cnn", m1=1000 * mlp.m1 + 5, gap=10 * mlp.gap - 1)
+    both = pd.concat([mlp, cnn], ignore_index=True)
+    alone = rp.trend_table(grid_evaluation(mlp, ["m1"]), "width")
+    mixed = rp.trend_table(grid_evaluation(both, ["m1"]), "width")
+    np.testing.assert_allclose(mixed["mean"], alone["mean"])
+    assert list(mixed["count"]) == [2 * c for c in alone["count"]]
+    # Rescaled over both architectures at once, the cnn's scale would swamp the mlp's trend.
+    pooled = rp.trend_table(grid_evaluation(both, ["m1"], architecture=None), "width")
+    assert not np.allclose(pooled["mean"], alone["mean"])
+
+
+def test_trend_table_series_for_width_and_depth(grid: Evaluation) -> None:
+    assert rp.trend_hparams(grid) == ("width", "depth")
+    for hparam, other, levels in (("width", "depth", DEPTHS), ("depth", "width", WIDTHS)):
+        table = rp.trend_table(grid, hparam)
+        assert len(table) == (len(grid.measures) + 1) * len(WIDTHS) * len(DEPTHS)
+        assert set(table.series) == {other}
+        assert sorted(set(table.series_level)) == levels
+        assert (table["count"] == len(SEEDS)).all()
+        assert list(table.measure.unique()) == [*grid.measures, grid.gap]
+    # One line (depth 3) by hand: rescale over every model, average over the seeds.
+    table = rp.trend_table(grid, "width")
+    values = grid.scored["m2"]
+    rescaled = (values - values.min()) / (values.max() - values.min())
+    three = rescaled[grid.scored.depth == 3].groupby(grid.scored.width[grid.scored.depth == 3])
+    rows = table[(table.measure == "m2") & (table.series_level == 3)]
+    np.testing.assert_allclose(rows["mean"], three.mean().to_numpy())
+    np.testing.assert_allclose(rows["std"], three.std().to_numpy())
+
+
+def test_trend_table_without_series_for_three_hparams(ev: Evaluation) -> None:
+    assert rp.trend_hparams(ev) == tuple(HPARAMS)
+    table = rp.trend_table(ev, "batch_size")
+    assert table.series.isna().all()
+    assert list(table.batch_size.unique()) == [32, 64, 128]
+    counts = table[table.measure == "m1"]["count"]
+    assert counts.sum() == ev.models  # every model at its level, whatever its other values
+
+
+def test_trend_axes_leave_out_seeds_one_level_and_names() -> None:
+    table = make_grid(["m1"]).assign(optimizer=lambda t: np.where(t.seed == 0, "sgd", "adam"))
+    table["lr"] = 0.1
+    ev = grid_evaluation(table, ["m1"], hparams=["width", "optimizer", "lr", "seed"])
+    assert rp.trend_hparams(ev) == ("width",)
+    for name in ("optimizer", "lr", "seed", "depth"):
+        with pytest.raises(KeyError, match="trend axes: width"):
+            rp.trend_table(ev, name)
+        with pytest.raises(KeyError, match="trend axes: width"):
+            rp.trend_figure(ev, name)
+
+
+def test_trend_figure_panels_lines_and_scale(grid: Evaluation) -> None:
+    figure = rp.trend_figure(grid, "width")
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == list(grid.measures)
+    assert panels[0].get_xscale() == "log"  # widths 32 .. 2048
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["32", "128", "512", "2048"]
+    table = rp.trend_table(grid, "width")
+    gap = rp.trend_table(grid_evaluation(grid.scored, ["m1"], hparams=["width"]), "width")
+    for ax, measure in zip(panels, grid.measures, strict=True):
+        *series, reference = ax.get_lines()
+        assert len(series) == len(DEPTHS)
+        for line, depth in zip(series, DEPTHS, strict=True):
+            rows = table[(table.measure == measure) & (table.series_level == depth)]
+            np.testing.assert_allclose(line.get_ydata(), rows["mean"])
+        # The gap: a dashed reference, averaged over every model at each width.
+        assert reference.get_linestyle() == "--"
+        np.testing.assert_allclose(reference.get_ydata(), gap[gap.measure == "gap"]["mean"])
+        assert len(ax.collections) == len(DEPTHS)  # the ± std bands
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == [f"depth = {d}" for d in DEPTHS] + ["gap, all models"]
+    assert "width" in figure.get_suptitle() and "per architecture" in figure.get_suptitle()
+    depth = rp.trend_figure(grid, "depth", measures=["m2"])
+    assert [ax.get_title() for ax in depth.axes if ax.get_visible()] == ["m2"]
+    assert depth.axes[0].get_xscale() == "linear"
+    with pytest.raises(KeyError, match="not scored"):
+        rp.trend_figure(grid, "width", measures=["gap"])
+
+
+def test_trend_figure_stays_legible_with_many_measures() -> None:
+    names = [f"measure-with-a-rather-long-name-{k}" for k in range(12)]
+    many = grid_evaluation(make_grid(names), names)
+    figure = rp.trend_figure(many, "depth")
+    width, height = figure.get_size_inches()
+    assert width * rp.DPI <= 1250  # the HTML page's width
+    assert len([ax for ax in figure.axes if ax.get_visible()]) == 12
+    assert len(figure.axes) == 15  # 5 panels a row
+    png = rp.figure_png(figure)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (round(width * rp.DPI), round(height * rp.DPI))
+
+
+def test_write_report_writes_trends(tmp_path: Path) -> None:
+    table = make_grid(["m1"]).assign(optimizer=lambda t: np.where(t.depth < 3, "sgd", "adam"))
+    table["lr"] = 0.1
+    scored = grid_evaluation(table, ["m1"], hparams=["width", "optimizer", "lr", "seed"])
+    rp.write_report(scored, tmp_path, title="trends")
+    trends = sorted(p.name for p in (tmp_path / "figures").glob("trend-*.png"))
+    assert trends == ["trend-width.png"]  # not the optimizer, the single lr or the seed
+    back = pd.read_csv(tmp_path / "trends.csv")
+    assert list(back.columns) == list(rp.TRENDS_CSV_COLUMNS)
+    assert set(back.hparam) == {"width"}
+    expected = rp.trend_table(scored, "width")
+    np.testing.assert_allclose(back["mean"], expected["mean"])
+    assert list(back.level) == list(expected.width)
+    assert back.series.isna().all()
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Measures against width, rescaled to \\[0, 1\\] per architecture" in text
+    assert text.index("figures/trend-width.png") < text.index("figures/scatter-m1.png")
+
+
+def test_written_trends(written: tuple[Evaluation, Path]) -> None:
+    odd, folder = written
+    for name in HPARAMS:
+        assert (folder / "figures" / f"trend-{name}.png").is_file()
+    back = pd.read_csv(folder / "trends.csv")
+    assert list(back.hparam.unique()) == HPARAMS
+    assert list(back.measure.unique()) == [*odd.measures, odd.gap]
+    assert back["mean"].between(0, 1).all()
+
+
+def test_trends_csv_without_axes() -> None:
+    table = make_table(["m1"]).assign(width=128, batch_size=32, lr=0.01)
+    table["gap"] += np.arange(len(table)) / 100
+    assert rp.trend_hparams(evaluate(table, ["m1"])) == ()
+    assert rp.trends_csv(evaluate(table, ["m1"])) == ",".join(rp.TRENDS_CSV_COLUMNS) + "\n"

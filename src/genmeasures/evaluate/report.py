@@ -4,8 +4,10 @@ The paper's tables (Jiang et al. 2020, tables 5-6; Tsuzuku et al. 2020, tables 1
 DataFrames ready to print, written as Markdown, LaTeX, CSV and HTML; the plots of
 ``EVALUATION.md`` ("Output"): each measure against the gap coloured by hyperparameter, Ψ and K
 per measure next to the baselines, and the population summary of Jiang et al. 2020, figure 1;
-and :func:`write_report`, which writes all of them into one folder with a Markdown and a
-self-contained HTML page.
+how each measure moves along each hyperparameter, rescaled to [0, 1] per architecture, as a
+table and small multiples (:func:`trend_table`, :func:`trend_figure`; Tsuzuku et al. 2020,
+figures 1-2); and :func:`write_report`, which writes all of them into one folder with a Markdown
+and a self-contained HTML page.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with their own Agg canvas, so
 nothing here touches pyplot's global state or the caller's backend.
@@ -37,6 +39,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from PIL import Image
 
 from genmeasures.evaluate.scoring import CANONICAL_ROW, RANDOM_ROW, Evaluation, oracle_row
+from genmeasures.evaluate.table import REPLICATE_COLUMNS
 
 #: The statement that every rank table carries: τ is Kendall's τ-a (``EVALUATION.md``).
 TAU_A = "Kendall τ-a: ties count 0"
@@ -50,6 +53,20 @@ DPI = 100
 
 #: Longest measure name shown in plot labels and :func:`format_summary` before truncation.
 NAME_WIDTH = 40
+
+#: Columns of :func:`trend_table` after ``measure`` and the hyperparameter's own column.
+TREND_COLUMNS = ("series", "series_level", "mean", "std", "count")
+
+#: A trend's x axis is logarithmic when its levels are positive and the largest is at least this
+#: many times the smallest (widths 32 to 2048, Tsuzuku et al. 2020, figure 2).
+LOG_SPAN = 8.0
+
+#: Columns of ``trends.csv``: :func:`trend_table` of each hyperparameter, one after the other.
+TRENDS_CSV_COLUMNS = ("hparam", "measure", "level", *TREND_COLUMNS)
+
+#: Panels per row of :func:`trend_figure`, and the longest measure name in a panel's title:
+#: five panels keep ~50 measures legible 1250 pixels wide.
+TREND_PANELS_PER_ROW, TREND_NAME_WIDTH = 5, 34
 
 #: Keys of ``DataFrame.attrs`` that the table builders set and the writers read.
 BASELINES_ATTR, DECIMALS_ATTR, CAPTION_ATTR, LABEL_ATTR = (
@@ -169,6 +186,110 @@ def pearson_table(ev: Evaluation) -> pd.DataFrame:
         "et al. 2020, section 8, tables 1-2), over the scored models with a finite value."
     )
     return _annotated(table, (), decimals=3, caption=caption, label="tab:pearson")
+
+
+def trend_hparams(ev: Evaluation) -> tuple[str, ...]:
+    """The hyperparameters that :func:`trend_table` and :func:`trend_figure` run along.
+
+    They are the types of ``ev.hparams`` with at least 2 numeric levels among the scored models
+    (widths, depths, fractions of random labels; not an optimizer's name), seeds
+    (:data:`REPLICATE_COLUMNS`) left out: a seed replicates a model, it is no trend axis.
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+
+    Returns:
+        The hyperparameter columns, in the order of ``ev.hparams``.
+    """
+    return tuple(
+        name
+        for name in ev.hparams
+        if name not in REPLICATE_COLUMNS
+        and pd.api.types.is_numeric_dtype(ev.scored[name])
+        and not pd.api.types.is_bool_dtype(ev.scored[name])
+        and ev.scored[name].nunique() >= 2
+    )
+
+
+def trend_table(ev: Evaluation, hparam: str) -> pd.DataFrame:
+    """How each measure and the gap move along a hyperparameter (Tsuzuku et al. 2020, figs 1-2).
+
+    Each measure's column and the gap are rescaled to [0, 1] by min-max over the scored models
+    of each architecture (``ev.architecture``; all models as one when None), as the paper's
+    figure 1 does for the fractions of random labels: a constant column rescales to 0, and NaN
+    or infinite values are left out. The rescaled values are then averaged over the models at
+    each level of ``hparam``. When :func:`trend_hparams` finds exactly two axes (width and depth,
+    the paper's figure 2), the trend along one is split by the levels of the other, the series;
+    otherwise the mean runs over every model at the level: its seeds and every other type.
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+        hparam: One of :func:`trend_hparams`.
+
+    Returns:
+        Long format, one row per measure (``ev.measures``, then the gap labelled ``ev.gap``),
+        level of ``hparam`` and level of the series, in that order of sorting. Columns:
+        ``measure``; ``hparam`` (its level); ``series`` (the series hyperparameter, None without
+        one); ``series_level`` (its level, None without one); ``mean``; ``std`` (ddof 1, NaN
+        when ``count`` is 1); ``count`` (models with a finite value at the level).
+
+    Raises:
+        KeyError: If ``hparam`` is not one of :func:`trend_hparams`.
+    """
+    return _trend(ev, hparam, _series(ev, hparam), [*ev.measures, ev.gap])
+
+
+def _series(ev: Evaluation, hparam: str) -> str | None:
+    """The other axis when :func:`trend_hparams` finds two, checking ``hparam`` is one."""
+    axes = trend_hparams(ev)
+    if hparam not in axes:
+        raise KeyError(
+            f"{hparam!r} is not a hyperparameter with 2 or more numeric levels (seeds excluded); "
+            f"trend axes: {', '.join(axes) or 'none'}"
+        )
+    return next(name for name in axes if name != hparam) if len(axes) == 2 else None
+
+
+def _scope(ev: Evaluation) -> str:
+    """Over which models :func:`trend_table` rescales, in words."""
+    return "per architecture" if ev.architecture is not None else "over the scored models"
+
+
+def _rescaled(ev: Evaluation, columns: Sequence[str]) -> pd.DataFrame:
+    """The scored models' ``columns`` min-max rescaled to [0, 1] per architecture (NaN kept)."""
+    scored = ev.scored.reset_index(drop=True)
+    values = scored[list(columns)].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    values = values.where(np.isfinite(values))
+    architecture = (
+        scored[ev.architecture] if ev.architecture is not None else pd.Series(0, index=scored.index)
+    )
+    groups = values.groupby(architecture, dropna=False)
+    low, span = groups.transform("min"), groups.transform("max") - groups.transform("min")
+    return ((values - low) / span.where(span > 0)).where(span > 0, 0.0).where(values.notna())
+
+
+def _trend(ev: Evaluation, hparam: str, series: str | None, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of :func:`trend_table` for ``columns``, split by ``series`` unless None."""
+    scored = ev.scored.reset_index(drop=True)
+    keys = [scored[hparam]] if series is None else [scored[hparam], scored[series]]
+    grouped = _rescaled(ev, columns).groupby(keys, sort=True)
+    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    levels = mean.index.to_frame(index=False)
+    parts = [
+        pd.DataFrame(
+            {
+                "measure": column,
+                hparam: levels.iloc[:, 0],
+                "series": series,
+                "series_level": levels.iloc[:, 1] if series is not None else None,
+                "mean": mean[column].to_numpy(),
+                "std": std[column].to_numpy(),
+                "count": count[column].to_numpy(dtype=np.int64),
+            }
+        )
+        for column in columns
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _annotated(
@@ -803,6 +924,142 @@ def _histogram_panel(
     return draw
 
 
+def trend_figure(ev: Evaluation, hparam: str, measures: Sequence[str] | None = None) -> Figure:
+    """Each measure against a hyperparameter, rescaled (Tsuzuku et al. 2020, figures 1-2).
+
+    One panel per measure, as the paper's figure 1 (normalized sharpness, Hessian trace and
+    param-norm against the fraction of random labels) and figure 2 (against width, one line
+    per depth; against depth, one line per width): x is the levels of ``hparam`` (logarithmic
+    when positive and spanning :data:`LOG_SPAN` or more), y the mean of :func:`trend_table`
+    with a ± std band, one line per level of the series with a legend above the panels. The gap,
+    rescaled the same way and averaged over every model at each level, is a thin gray dashed
+    reference line in every panel.
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+        hparam: One of :func:`trend_hparams`.
+        measures: The panels, in order; None: every one of ``ev.measures``.
+
+    Returns:
+        The figure (own Agg canvas; see :func:`figure_png`).
+
+    Raises:
+        KeyError: If ``hparam`` is not one of :func:`trend_hparams` or a measure was not scored.
+        ValueError: If ``measures`` is empty.
+    """
+    series = _series(ev, hparam)
+    chosen = tuple(ev.measures if measures is None else measures)
+    unknown = [name for name in chosen if name not in ev.measures]
+    if unknown:
+        raise KeyError(f"measures {unknown} were not scored; scored: {', '.join(ev.measures)}")
+    if not chosen:
+        raise ValueError("trend_figure needs at least one measure; got measures=[]")
+    table = _trend(ev, hparam, series, chosen)
+    gap = _trend(ev, hparam, None, [ev.gap])
+    ticks = _sorted_levels(ev.scored[hparam])
+    levels = np.asarray(ticks, dtype=np.float64)
+    lines = _sorted_levels(ev.scored[series]) if series is not None else [None]
+    palette = _palette(len(lines)) if series is not None else ["#4c72b0"]
+
+    handles = [
+        Line2D([], [], color=color, marker="o", markersize=3, linewidth=1.3, label=label)
+        for color, label in zip(
+            palette,
+            [_mpl_text(f"{series} = {_level_text(v)}") for v in lines]
+            if series is not None
+            else ["mean ± std"],
+            strict=True,
+        )
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="#777",
+            linestyle="--",
+            linewidth=0.9,
+            label=_mpl_text(f"{ev.gap}, all models"),
+        )
+    )
+    legend_columns = min(len(handles), 8)
+    legend_rows = math.ceil(len(handles) / legend_columns)
+
+    ncols = min(len(chosen), TREND_PANELS_PER_ROW)
+    nrows = math.ceil(len(chosen) / ncols)
+    top, bottom, hgap = 0.9 + 0.2 * legend_rows, 0.5, 0.55
+    width = max(5.5, 0.75 + 2.15 * ncols + 0.2 * (ncols - 1))
+    height = top + bottom + 1.75 * nrows + hgap * (nrows - 1)
+    figure = _new_figure(width, height, constrained=False)
+    _grid_margins(figure, nrows, ncols, left=0.6, top=top, bottom=bottom, hgap=hgap)
+    # Limits set before drawing on unshared axes: shared autoscaling of ~50 panels is slow.
+    axes = figure.subplots(nrows, ncols, squeeze=False)
+    log = bool(levels.min() > 0 and levels.max() >= LOG_SPAN * levels.min())
+    reference = gap[np.isfinite(gap["mean"].to_numpy(dtype=np.float64))]
+    for k, (ax, measure) in enumerate(zip(axes.flat, chosen, strict=False)):
+        _trend_axes(ax, levels, [_level_text(v) for v in ticks], log=log)
+        ax.tick_params(labelsize=7, labelleft=k % ncols == 0)
+        rows = table[table["measure"] == measure]
+        for level, color in zip(lines, palette, strict=True):
+            line = rows if series is None else rows[rows["series_level"] == level]
+            line = line[np.isfinite(line["mean"].to_numpy(dtype=np.float64))]
+            x = line[hparam].to_numpy(dtype=np.float64)
+            mean = line["mean"].to_numpy(dtype=np.float64)
+            spread = np.nan_to_num(line["std"].to_numpy(dtype=np.float64))
+            ax.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.15, lw=0)
+            ax.plot(x, mean, color=color, marker="o", markersize=3, linewidth=1.3)
+        ax.plot(
+            reference[hparam].to_numpy(dtype=np.float64),
+            reference["mean"].to_numpy(dtype=np.float64),
+            color="#777",
+            linestyle="--",
+            linewidth=0.9,
+            zorder=1,
+        )
+        ax.set_title(_mpl_text(_shorten(measure, TREND_NAME_WIDTH)), fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel("rescaled", fontsize=8)
+        if k + ncols >= len(chosen):  # the lowest panel of its column
+            ax.set_xlabel(_mpl_text(hparam), fontsize=8)
+    for ax in axes.flat[len(chosen) :]:
+        ax.set_visible(False)
+    figure.suptitle(
+        _mpl_text(
+            f"Measures against {hparam}   (Tsuzuku et al. 2020, figures 1-2)\n"
+            f"rescaled to [0, 1] {_scope(ev)}, mean ± std over the models at each level"
+        ),
+        fontsize=9,
+        y=1 - 0.06 / height,
+        va="top",
+    )
+    figure.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1 - 0.45 / height),
+        ncols=legend_columns,
+        fontsize=7,
+        frameon=False,
+    )
+    return figure
+
+
+def _trend_axes(ax: Axes, levels: np.ndarray, labels: Sequence[str], *, log: bool) -> None:
+    """Fix a trend panel's scales, limits and ticks, and turn its autoscaling off."""
+    low, high = float(levels.min()), float(levels.max())
+    if log:
+        ax.set_xscale("log")
+        pad = (high / low) ** 0.05
+        ax.set_xlim(low / pad, high * pad)
+    else:
+        ax.set_xlim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    if len(levels) <= 6:
+        ax.set_xticks(levels, labels=labels)
+    if log:
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([0.0, 0.5, 1.0])
+    ax.set_autoscale_on(False)
+
+
 # --------------------------------------------------------------------------------------------
 # The report folder
 
@@ -813,16 +1070,21 @@ def slugify(name: str) -> str:
     return slug[:60].rstrip("-.") or "measure"
 
 
-def figure_names(measures: Sequence[str]) -> dict[str, str]:
-    """A unique, file-name-safe PNG name for each measure's scatter figure.
+def figure_names(measures: Sequence[str], *, prefix: str = "scatter") -> dict[str, str]:
+    """A unique, file-name-safe PNG name for each measure's scatter (or trend) figure.
 
     Names that collide after :func:`slugify` (``a/b`` and ``a b``) get ``-2``, ``-3``, ...;
     the names never collide with the report's other figures.
+
+    Args:
+        measures: The measures (or, with ``prefix="trend"``, the hyperparameters of
+            :func:`trend_figure`).
+        prefix: The names' first word: ``scatter-<measure>.png``, ``trend-<hparam>.png``.
     """
     taken = {"scores.png", "population.png"}
     names: dict[str, str] = {}
     for measure in measures:
-        stem = f"scatter-{slugify(measure)}"
+        stem = f"{prefix}-{slugify(measure)}"
         candidate, k = f"{stem}.png", 1
         while candidate in taken:
             k += 1
@@ -993,6 +1255,36 @@ def _markdown_page(
     return "\n".join(lines)
 
 
+def trends_csv(ev: Evaluation) -> str:
+    """The machine-readable trends written as ``trends.csv`` (Tsuzuku et al. 2020, figures 1-2).
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+
+    Returns:
+        CSV text with the columns :data:`TRENDS_CSV_COLUMNS`: :func:`trend_table` of each of
+        :func:`trend_hparams` one after the other, the hyperparameter named in ``hparam`` and
+        its level in ``level``; only the header when there is no trend axis. Missing values
+        (no series, a std of one model) are empty.
+    """
+    tables = [
+        trend_table(ev, hparam).rename(columns={hparam: "level"}).assign(hparam=hparam)
+        for hparam in trend_hparams(ev)
+    ]
+    columns = list(TRENDS_CSV_COLUMNS)
+    table = pd.concat(tables)[columns] if tables else pd.DataFrame(columns=columns)
+    return table.to_csv(index=False, na_rep="", lineterminator="\n")
+
+
+def _trend_caption(ev: Evaluation, hparam: str) -> str:
+    series = _series(ev, hparam)
+    lines = f", one line per {series}" if series is not None else ""
+    return (
+        f"Measures against {hparam}, rescaled to [0, 1] {_scope(ev)}, mean ± std{lines}; dashed "
+        f"gray: the rescaled {ev.gap} (Tsuzuku et al. 2020, figures 1-2)"
+    )
+
+
 def write_report(
     ev: Evaluation, folder: str | os.PathLike[str], *, title: str, description: str = ""
 ) -> Path:
@@ -1006,8 +1298,13 @@ def write_report(
       :func:`pearson_table` at full precision, missing values empty;
     - ``ranks.tex``, ``cmi.tex``, ``pearson.tex``: the same as LaTeX tables (:func:`to_latex`);
     - ``figures/scores.png`` (:func:`scores_figure`), ``figures/population.png``
-      (:func:`population_figure`) and ``figures/scatter-<measure>.png`` per measure
-      (:func:`scatter_figure`, names from :func:`figure_names`);
+      (:func:`population_figure`), ``figures/trend-<hparam>.png`` per hyperparameter of
+      :func:`trend_hparams` (:func:`trend_figure`, Tsuzuku et al. 2020, figures 1-2) and
+      ``figures/scatter-<measure>.png`` per measure (:func:`scatter_figure`; names from
+      :func:`figure_names`), in that order in the pages;
+    - ``trends.csv``: :func:`trends_csv`, the :func:`trend_table` of every hyperparameter of
+      :func:`trend_hparams` in long format (columns ``hparam, measure, level, series,
+      series_level, mean, std, count``);
     - ``summary.json``: :func:`summary_json`;
     - ``report.md``: title, description, the models scored and excluded, the notes, the three
       tables with captions and the figures as image links;
@@ -1033,6 +1330,7 @@ def write_report(
     for _, stem, table in tables:
         _write_atomic(root / f"{stem}.csv", to_csv(table))
         _write_atomic(root / f"{stem}.tex", to_latex(table))
+    _write_atomic(root / "trends.csv", trends_csv(ev))
 
     figures: list[tuple[str, str, bytes]] = []
 
@@ -1043,6 +1341,8 @@ def write_report(
 
     add("Ψ and K per measure, with the oracle and random levels", "scores.png", scores_figure(ev))
     add("Population summary (Jiang et al. 2020, figure 1)", "population.png", population_figure(ev))
+    for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
+        add(_trend_caption(ev, hparam), name, trend_figure(ev, hparam))
     for measure, name in figure_names(ev.measures).items():
         add(f"{measure} against the generalization gap", name, scatter_figure(ev, measure))
 

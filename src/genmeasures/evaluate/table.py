@@ -22,6 +22,10 @@ from genmeasures.errors import EvaluationError
 #: when a score is called with ``hparams=None``.
 HPARAMS_ATTR = "hparams"
 
+#: Hyperparameter columns that replicate a configuration rather than change it: a study's
+#: evaluation averages over them, and they are never a trend axis of the report.
+REPLICATE_COLUMNS = ("seed", "data_seed")
+
 #: Key of ``DataFrame.attrs`` naming the measure columns (set by ``Zoo.table()``).
 MEASURES_ATTR = "measures"
 

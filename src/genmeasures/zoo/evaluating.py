@@ -22,12 +22,9 @@ import pandas as pd
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS
-from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
+from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_COLUMNS
 from genmeasures.zoo.space import PER_OPTIMIZER
 from genmeasures.zoo.store import Zoo
-
-#: Grid keys that replicate a configuration rather than change it.
-REPLICATES = ("seed", "data_seed")
 
 #: The column naming each model's architecture in the scoring table.
 ARCHITECTURE = "model"
@@ -46,8 +43,8 @@ def scoring_table(zoo: Zoo) -> tuple[pd.DataFrame, dict[str, pd.Series], list[st
     configs = {config.hash: config for config in zoo.configs()}
     rows = [configs[model_hash] for model_hash in table.index]
     notes = []
-    hparams = [key for key in space.grid if key not in REPLICATES]
-    replicated = [key for key in space.grid if key in REPLICATES]
+    hparams = [key for key in space.grid if key not in REPLICATE_COLUMNS]
+    replicated = [key for key in space.grid if key in REPLICATE_COLUMNS]
     if replicated:
         notes.append(
             f"{', '.join(replicated)} replicate configurations: models that differ only there "
