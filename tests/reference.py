@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize
 from torch import nn
 
 
@@ -142,3 +143,128 @@ def gradient_variance_by_loop(model: nn.Module, inputs, labels) -> float:
     gradients = torch.stack(rows).numpy()
     deviations = gradients - gradients.mean(axis=0)
     return float((deviations**2).sum() / len(gradients))
+
+
+# ----------------------------------------------------------------------------- curvature
+
+
+def loss_hessian(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Hessian of the mean cross-entropy over all examples w.r.t. every parameter of ``model``.
+
+    The parameters are flattened and concatenated in ``named_parameters()`` order (weights and
+    biases); the loss is one forward pass over the whole data, in the model's current mode, with
+    no mini-batches. ``torch.autograd.functional.hessian`` differentiates it twice.
+    """
+    named = [(name, p.detach()) for name, p in model.named_parameters()]
+    flat = torch.cat([p.flatten() for _, p in named])
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        params, start = {}, 0
+        for name, p in named:
+            params[name] = theta[start : start + p.numel()].reshape(p.shape)
+            start += p.numel()
+        return F.cross_entropy(torch.func.functional_call(model, params, (inputs,)), labels)
+
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
+
+
+def parameter_slices(model: nn.Module) -> dict[str, slice]:
+    """Position of each parameter in the flattened vector of :func:`loss_hessian`."""
+    slices, start = {}, 0
+    for name, p in model.named_parameters():
+        slices[name] = slice(start, start + p.numel())
+        start += p.numel()
+    return slices
+
+
+def dense_weight_matrix(module: nn.Module, values: torch.Tensor) -> np.ndarray:
+    """Per-weight ``values`` (shaped like the weight) as a dense ``out × (c_in · kernel)`` matrix.
+
+    A Linear weight is returned as it is. Output channel o of a convolution with g groups sees
+    only the input channels of its group: its row holds its kernel at those channels and zeros at
+    every other channel, so the matrix is block-diagonal, the layer's map from all inputs.
+    """
+    values = values.detach().double().numpy()
+    if isinstance(module, nn.Linear):
+        return values
+    out_channels, in_per_group = values.shape[:2]
+    groups = module.groups
+    kernel = values.shape[2:]
+    dense = np.zeros((out_channels, in_per_group * groups, *kernel))
+    for o in range(out_channels):
+        group = o // (out_channels // groups)
+        dense[o, group * in_per_group : (group + 1) * in_per_group] = values[o]
+    return dense.reshape(out_channels, -1)
+
+
+def hessian_diagonal_matrices(
+    model: nn.Module, modules: list[nn.Module], hessian: torch.Tensor
+) -> list[np.ndarray]:
+    """Each module's weight entries of ``diag(hessian)``, as :func:`dense_weight_matrix`."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    slices = parameter_slices(model)
+    diagonal = hessian.diagonal()
+    return [
+        dense_weight_matrix(m, diagonal[slices[names[id(m.weight)]]].reshape(m.weight.shape))
+        for m in modules
+    ]
+
+
+def _exp_terms(coefficients: np.ndarray, exponents: np.ndarray) -> np.ndarray:
+    """``coefficients · e^{exponents}``, and 0 where a coefficient is 0 whatever its exponent."""
+    with np.errstate(over="ignore"):
+        return np.where(coefficients > 0, coefficients * np.exp(exponents), 0.0)
+
+
+def balanced_sum_by_scipy(m: np.ndarray) -> float:
+    """``inf over γ of Σ_ik M_ik e^{γ_i − γ_k}`` (eq 35's ``NS_l²``), by scipy's BFGS.
+
+    M is divided by its sum first, so the objective is 1 at γ = 0 and the gradient tolerance
+    1e-13 is relative. Where the infimum is not attained (zero rows or columns), BFGS drives
+    some γ_i far out and stops once the vanishing terms are below that tolerance.
+    """
+    total = m.sum()
+    if total == 0:
+        return 0.0
+    normalized = m / total
+
+    def objective(gamma: np.ndarray) -> tuple[float, np.ndarray]:
+        terms = _exp_terms(normalized, gamma[:, None] - gamma[None, :])
+        return float(terms.sum()), terms.sum(axis=1) - terms.sum(axis=0)
+
+    result = minimize(
+        objective,
+        np.zeros(len(m)),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-13, "maxiter": 10_000},
+    )
+    return total * float(result.fun)
+
+
+def two_sided_by_scipy(f: np.ndarray, u: np.ndarray) -> float:
+    """``inf over γ, γ' of Σ_ij F_ij e^{γ_i + γ'_j} + U_ij e^{−γ_i − γ'_j}``, by scipy's BFGS.
+
+    The preprint's per-layer objective (``NORMALIZED_SHARPNESS.md`` §5). Scaling F by a and U by
+    b scales the infimum by sqrt(ab), so both are divided by their sums first.
+    """
+    f_total, u_total = f.sum(), u.sum()
+    if f_total == 0 or u_total == 0:
+        return 0.0
+    f, u = f / f_total, u / u_total
+    rows = len(f)
+
+    def objective(scales: np.ndarray) -> tuple[float, np.ndarray]:
+        exponents = scales[:rows, None] + scales[None, rows:]
+        difference = _exp_terms(f, exponents) - _exp_terms(u, -exponents)
+        value = _exp_terms(f, exponents).sum() + _exp_terms(u, -exponents).sum()
+        return float(value), np.concatenate([difference.sum(axis=1), difference.sum(axis=0)])
+
+    result = minimize(
+        objective,
+        np.zeros(rows + f.shape[1]),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-13, "maxiter": 10_000},
+    )
+    return float(np.sqrt(f_total * u_total)) * float(result.fun)

@@ -40,6 +40,14 @@ ISSUE_MEASURES = SPECTRAL | {
     "path-norm",
     "fisher-rao",
 }
+NORMALIZED_FLAT_MINIMA = {
+    "normalized-sharpness",
+    "normalized-sharpness-arxiv",
+    "normalized-sharpness-param",
+    "hessian-weighted-norm",
+    "hessian-trace",
+    "hessian-max-eig",
+}
 OPTIMIZATION = {
     "num-step-to-0.1-loss",
     "num-step-0.1-to-0.01-loss",
@@ -49,7 +57,9 @@ OPTIMIZATION = {
 
 
 def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_variants():
-    assert set(ALL) == ISSUE_MEASURES | OPTIMIZATION | {f"{name}-reshaped" for name in SPECTRAL}
+    assert set(ALL) == ISSUE_MEASURES | NORMALIZED_FLAT_MINIMA | OPTIMIZATION | {
+        f"{name}-reshaped" for name in SPECTRAL
+    }
 
 
 @pytest.fixture(scope="module", params=["trained_bn_mlp", "trained_nin"])

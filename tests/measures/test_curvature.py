@@ -2,39 +2,44 @@
 
 The reference is ``torch.autograd.functional.hessian`` of the full-data mean cross-entropy as a
 function of the flattened parameters of the folded model (one pass over all examples, no
-mini-batches), and a brute-force generalized Gauss-Newton matrix from the full logit Jacobian.
+mini-batches: ``reference.loss_hessian``), and a brute-force generalized Gauss-Newton matrix
+from the full logit Jacobian.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from genmeasures.errors import MeasureError
+from genmeasures.errors import GenMeasuresWarning, MeasureError
 from genmeasures.measures import curvature
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.curvature import (
     hessian_diagonal,
     hessian_max_eigenvalue,
+    hessian_top_eigenpair,
     hessian_trace,
+    hessian_trace_samples,
     hvp,
 )
+from reference import loss_hessian
 
 # ----------------------------------------------------------------------------- tiny networks
 
 
 def randomized(model: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
+    """Gaussian parameters times ``scale``, and random BatchNorm running statistics."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
         for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
                 module.running_mean.copy_(
                     0.3 * torch.randn(module.num_features, generator=generator)
                 )
@@ -119,14 +124,9 @@ def unflatten(flat: torch.Tensor, layout) -> dict[str, torch.Tensor]:
 
 
 def full_hessian(ctx: MeasureContext) -> torch.Tensor:
-    flat, layout = flat_params(ctx)
+    """The Hessian of the folded model's mean cross-entropy over all parameters (flattened)."""
     inputs, labels = ctx.require_data()
-
-    def loss(theta):
-        logits = functional_call(ctx.folded_model, unflatten(theta, layout), (inputs,))
-        return F.cross_entropy(logits, labels)
-
-    return torch.autograd.functional.hessian(loss, flat)
+    return loss_hessian(ctx.folded_model, inputs, labels)
 
 
 def weight_slices(ctx: MeasureContext) -> list[slice]:
@@ -385,6 +385,96 @@ def test_scale_invariant_sets_unperturbed_zero_weights_to_zero():
     assert with_eps[0][1, 2] != 0
 
 
+class PositionwiseClassifier(nn.Module):
+    """A ReLU Linear applied at every position of ``(n, 3, 4)`` inputs, then a Linear on all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = nn.Linear(4, 5)
+        self.head = nn.Linear(15, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.position(x)).flatten(1))
+
+
+#: Layers whose per-example gradients the fast GGN path builds from unfolded inputs: name →
+#: (network builder, shape of one input).
+FAST_GGN_CASES = {
+    "conv1d-same-padding-even-kernels-dilated": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 3, 4, padding="same", dilation=2),  # padding 3 on both sides
+            nn.ReLU(),
+            nn.Conv1d(3, 2, 2, padding="same"),  # padding 0 before, 1 after
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(18, 3),
+        ),
+        (2, 9),
+    ),
+    "conv1d-grouped-circular-strided": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 3, stride=2, padding=1, padding_mode="circular", groups=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(20, 3),
+        ),
+        (2, 9),
+    ),
+    "conv2d-grouped-reflect-rectangular-kernel": (
+        lambda: nn.Sequential(
+            nn.Conv2d(4, 6, (3, 2), padding=1, padding_mode="reflect", groups=2),
+            nn.ReLU(),
+            nn.Conv2d(6, 2, 2, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8, 3),
+        ),
+        (4, 4, 3),
+    ),
+    "linear-on-sequences": (PositionwiseClassifier, (3, 4)),
+}
+
+
+def odd_layer_case(build, input_shape: tuple[int, ...]) -> MeasureContext:
+    """A float64 network with random weights on 13 random examples, in batches of 5."""
+    generator = torch.Generator().manual_seed(21)
+    inputs = torch.randn(13, *input_shape, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (13,), generator=generator)
+    return context(randomized(build().double(), seed=5, scale=0.6), (inputs, labels), batch_size=5)
+
+
+def ggn_loss(ctx: MeasureContext) -> curvature._Loss:
+    """The loss as the GGN estimators see it: differentiated in the layers' weights only."""
+    return curvature._Loss(ctx, list(dict.fromkeys(curvature._weight_names(ctx))))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+@pytest.mark.parametrize("case", list(FAST_GGN_CASES))
+def test_fast_ggn_path_equals_the_per_example_path(case):
+    ctx = odd_layer_case(*FAST_GGN_CASES[case])
+    loss = ggn_loss(ctx)
+    fast = curvature._ggn_diagonal_by_layer(loss)
+    assert fast is not None  # the fast path handles these layers
+    slow = curvature._ggn_diagonal_per_example(loss)
+    assert list(fast) == list(slow) == loss.names
+    for name in loss.names:
+        scale = float(slow[name].abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_conv3d_falls_back_to_the_per_example_ggn_which_is_exact_on_relu():
+    build = lambda: nn.Sequential(  # noqa: E731
+        nn.Conv3d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)
+    )
+    ctx = odd_layer_case(build, (1, 3, 3, 3))
+    assert curvature._ggn_diagonal_by_layer(ggn_loss(ctx)) is None
+    ggn = hessian_diagonal(ctx, "ggn")
+    assert [tuple(d.shape) for d in ggn] == [(2, 8), (3, 16)]
+    assert all(d.abs().max() > 0 for d in ggn)
+    assert_close_lists(ggn, hessian_diagonal(ctx, "exact"), rtol=1e-9, atol=1e-13)
+
+
 # ----------------------------------------------------------------------------- trace
 
 
@@ -437,6 +527,62 @@ def test_hessian_max_eigenvalue_is_seeded_and_warns_without_convergence():
     assert hessian_max_eigenvalue(ctx) == hessian_max_eigenvalue(ctx)
     with pytest.warns(UserWarning, match="did not reach"):
         hessian_max_eigenvalue(ctx, iterations=2, tol=1e-14)
+
+
+def test_trace_samples_split_each_probe_by_parameter():
+    ctx = make_case("tanh-mlp", seed=4)
+    probes = 9
+    samples = hessian_trace_samples(ctx, probes=probes)
+    _, layout = flat_params(ctx)
+    assert list(samples) == [name for name, _ in layout]
+    # Sample k of parameter p is Σ_{i ∈ p} z_ki (H z_k)_i for the probes as the module draws them.
+    sizes = [math.prod(shape) for _, shape in layout]
+    z = rademacher_draws(ctx, curvature.TRACE_PURPOSE, probes, sizes)
+    products = z * (z @ full_hessian(ctx))
+    for (name, _), block in zip(layout, products.split(sizes, dim=1), strict=True):
+        torch.testing.assert_close(samples[name], block.sum(1), rtol=1e-9, atol=1e-12)
+    value, _ = hessian_trace(make_case("tanh-mlp", seed=4), probes=probes)
+    assert sum(float(s.mean()) for s in samples.values()) == pytest.approx(value, rel=1e-12)
+
+
+def test_exact_trace_samples_are_the_diagonal_blocks_traces():
+    ctx = make_case("tanh-mlp")
+    samples = hessian_trace_samples(ctx, probes=1, exact=True)
+    diagonal = full_hessian(ctx).diagonal()
+    _, layout = flat_params(ctx)
+    blocks = diagonal.split([math.prod(shape) for _, shape in layout])
+    for (name, _), block in zip(layout, blocks, strict=True):
+        assert samples[name].shape == (1,)
+        assert float(samples[name][0]) == pytest.approx(float(block.sum()), rel=1e-10, abs=1e-14)
+
+
+def test_top_eigenpair_is_an_eigenpair_of_the_full_hessian():
+    ctx = make_case("tanh-mlp")
+    hessian = full_hessian(ctx)
+    pair = hessian_top_eigenpair(ctx, iterations=200, tol=1e-10)
+    _, layout = flat_params(ctx)
+    assert list(pair.vector) == [name for name, _ in layout]
+    assert [tuple(v.shape) for v in pair.vector.values()] == [tuple(s) for _, s in layout]
+    vector = torch.cat([v.flatten() for v in pair.vector.values()])
+    assert float(vector.norm()) == pytest.approx(1.0, abs=1e-12)
+    assert pair.converged
+    assert pair.residual <= 1e-10 * abs(pair.value)
+    assert float((hessian @ vector - pair.value * vector).norm()) <= 1e-8 * abs(pair.value)
+    assert pair.value == pytest.approx(float(torch.linalg.eigvalsh(hessian)[-1]), rel=1e-9)
+
+
+def test_top_eigenpair_reports_no_convergence_quietly_and_the_eigenvalue_warns():
+    ctx = make_case("tanh-mlp")
+    top = float(torch.linalg.eigvalsh(full_hessian(ctx))[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pair = hessian_top_eigenpair(ctx, iterations=2, tol=1e-14)
+    assert not pair.converged
+    assert pair.iterations == 2
+    assert pair.value <= top + 1e-12  # a Ritz value, below λ_max
+    with pytest.warns(GenMeasuresWarning, match="did not reach"):
+        value = hessian_max_eigenvalue(ctx, iterations=2, tol=1e-14)
+    assert value == pair.value  # the same seeded start vector
 
 
 # ----------------------------------------------------------------------------- cache, errors

@@ -33,6 +33,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +49,14 @@ __all__ = [
     "ESTIMATORS",
     "LANCZOS_PURPOSE",
     "TRACE_PURPOSE",
+    "TopEigenpair",
     "hessian_diagonal",
     "hessian_max_eigenvalue",
+    "hessian_top_eigenpair",
     "hessian_trace",
+    "hessian_trace_samples",
     "hvp",
+    "mean_and_standard_error",
 ]
 
 #: The Hessian-diagonal estimators of ``NORMALIZED_SHARPNESS.md`` §4.
@@ -275,6 +280,56 @@ def hvp(ctx: MeasureContext, vectors: Sequence[torch.Tensor]) -> list[torch.Tens
     return [products[n][0] for n in loss.names]
 
 
+def hessian_trace_samples(
+    ctx: MeasureContext,
+    *,
+    probes: int,
+    exact: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Hutchinson samples of the Hessian trace (paper eq 6), split by parameter tensor.
+
+    For K Rademacher probes ``z_k`` over all parameters of the folded model, sample k of
+    parameter p is ``Σ_{i ∈ p} z_{k,i} (H z_k)_i``: summed over the parameters it is
+    ``z_kᵀ H z_k``, whose mean over k estimates ``Tr H`` without bias; the mean of one
+    parameter's samples estimates the trace of its diagonal block. Cost: K HVPs
+    (≈ 2K gradient-equivalents). With ``exact=True`` there is one "sample", the exact diagonal
+    summed over each parameter (P HVPs: tiny networks only).
+
+    Args:
+        ctx: The measure context (needs the training set).
+        probes: K ≥ 1 (validated, and unused when ``exact``).
+        exact: Sum the exact diagonal instead.
+        generator: Source of the probes; defaults to ``ctx.generator(TRACE_PURPOSE)``.
+
+    Returns:
+        Parameter name (``named_parameters()`` of the folded model, in order) → float64 tensor of
+        shape ``(K,)`` (``(1,)`` when ``exact``).
+
+    Raises:
+        MeasureError: for ``probes`` that is not an int ≥ 1.
+    """
+    probes = _check_int("hessian_trace", "probes", probes, 1)
+    loss = _Loss(ctx)
+    if exact:
+        return {n: d.sum().reshape(1) for n, d in _exact_diagonal(loss).items()}
+    generator = ctx.generator(TRACE_PURPOSE) if generator is None else generator
+    samples: dict[str, list[torch.Tensor]] = {n: [] for n in loss.names}
+    for lo, hi in _chunks(probes, loss.chunk_size()):
+        z = loss.rademacher(generator, hi - lo)
+        hz = loss.hvps(z)
+        for n in loss.names:
+            samples[n].append((z[n].double() * hz[n]).flatten(1).sum(1))
+    return {n: torch.cat(values) for n, values in samples.items()}
+
+
+def mean_and_standard_error(samples: torch.Tensor) -> tuple[float, float]:
+    """Mean of K samples and its standard error ``std(correction=1) / sqrt(K)`` (NaN for K = 1)."""
+    count = len(samples)
+    error = float(samples.std(correction=1)) / math.sqrt(count) if count > 1 else math.nan
+    return float(samples.mean()), error
+
+
 def hessian_trace(
     ctx: MeasureContext,
     *,
@@ -285,8 +340,9 @@ def hessian_trace(
     """Trace of the Hessian of the training loss w.r.t. all parameters (paper eq 6).
 
     Hutchinson's estimator ``(1/K) Σ_k z_kᵀ H z_k`` with K Rademacher probes over all parameters
-    of the folded model; cost K HVPs (≈ 2K gradient-equivalents). With ``exact=True`` the trace is
-    the sum of the exact diagonal, one HVP per parameter (P HVPs: tiny networks only).
+    of the folded model (:func:`hessian_trace_samples` summed over the parameters); cost K HVPs
+    (≈ 2K gradient-equivalents). With ``exact=True`` the trace is the sum of the exact diagonal,
+    one HVP per parameter (P HVPs: tiny networks only).
 
     Args:
         ctx: The measure context (needs the training set).
@@ -301,37 +357,48 @@ def hessian_trace(
     Raises:
         MeasureError: for ``probes`` that is not an int ≥ 1.
     """
-    probes = _check_int("hessian_trace", "probes", probes, 1)
-    loss = _Loss(ctx)
+    samples = hessian_trace_samples(ctx, probes=probes, exact=exact, generator=generator)
+    total = torch.stack(list(samples.values())).sum(0)
     if exact:
-        diagonal = _exact_diagonal(loss)
-        return float(sum(d.sum() for d in diagonal.values())), 0.0
-    generator = ctx.generator(TRACE_PURPOSE) if generator is None else generator
-    samples = []
-    for lo, hi in _chunks(probes, loss.chunk_size()):
-        z = loss.rademacher(generator, hi - lo)
-        hz = loss.hvps(z)
-        samples.append(sum((z[n].double() * hz[n]).flatten(1).sum(1) for n in loss.names))
-    values = torch.cat(samples)
-    estimate = float(values.mean())
-    error = float(values.std(correction=1)) / math.sqrt(probes) if probes > 1 else math.nan
-    return estimate, error
+        return float(total[0]), 0.0
+    return mean_and_standard_error(total)
 
 
-def hessian_max_eigenvalue(
+@dataclass(frozen=True)
+class TopEigenpair:
+    """Result of :func:`hessian_top_eigenpair`.
+
+    Attributes:
+        value: The largest Ritz value, an estimate of ``λ_max`` (never above it in exact
+            arithmetic).
+        vector: The unit Ritz vector, one float64 tensor per parameter of the folded model, in
+            ``named_parameters()`` order, keyed by name.
+        residual: ``‖H v − λ v‖``, estimated by Lanczos as ``β_j |y_j|``.
+        iterations: Lanczos steps taken (HVPs).
+        converged: Whether the residual reached ``tol · |λ|`` (or an invariant subspace).
+    """
+
+    value: float
+    vector: dict[str, torch.Tensor] = field(repr=False)
+    residual: float
+    iterations: int
+    converged: bool
+
+
+def hessian_top_eigenpair(
     ctx: MeasureContext,
     *,
     iterations: int = 100,
     tol: float = 1e-8,
     generator: torch.Generator | None = None,
-) -> float:
-    """Largest (algebraic) eigenvalue of the Hessian of the training loss w.r.t. all parameters.
+) -> TopEigenpair:
+    """Largest (algebraic) eigenvalue of the Hessian of the training loss, and its eigenvector.
 
-    Lanczos iteration with full reorthogonalization on the HVP, from a Rademacher start vector.
-    It stops when the residual ``β_j |y_j|`` of the top Ritz pair is at most
-    ``tol · |λ|``, on an invariant subspace, or after ``iterations`` steps (then with a
-    :class:`GenMeasuresWarning`). Cost: one HVP (≈ 2 gradient-equivalents) per iteration, and
-    ``iterations × P`` float64 numbers of memory for the basis.
+    Lanczos iteration with full reorthogonalization on the HVP w.r.t. all parameters of the
+    folded model, from a Rademacher start vector. It stops when the residual ``β_j |y_j|`` of
+    the top Ritz pair is at most ``tol · |λ|``, on an invariant subspace, or after
+    ``iterations`` steps (then ``converged`` is False). Cost: one HVP (≈ 2 gradient-equivalents)
+    per iteration, and ``iterations × P`` float64 numbers of memory for the basis.
 
     Args:
         ctx: The measure context (needs the training set).
@@ -340,7 +407,7 @@ def hessian_max_eigenvalue(
         generator: Source of the start vector; defaults to ``ctx.generator(LANCZOS_PURPOSE)``.
 
     Returns:
-        The largest Ritz value, an estimate of ``λ_max`` (never above it in exact arithmetic).
+        The :class:`TopEigenpair`.
 
     Raises:
         MeasureError: for an invalid ``iterations`` or ``tol``.
@@ -354,7 +421,6 @@ def hessian_max_eigenvalue(
     basis = [start / start.norm()]
     alphas: list[float] = []
     betas: list[float] = []
-    top = math.nan
     for j in range(steps):
         vector = {
             n: v[None].to(**_like(loss.params[n])) for n, v in _unflat(basis[j], loss).items()
@@ -373,17 +439,56 @@ def hessian_max_eigenvalue(
         top = float(values[-1])
         residual = beta * abs(float(vectors[-1, -1]))
         scale = max(abs(top), float(values.abs().max()), 1e-300)
-        if residual <= tol * max(abs(top), 1e-300) or beta <= 1e-14 * scale or j + 1 == loss.size:
-            return top
+        converged = (
+            residual <= tol * max(abs(top), 1e-300) or beta <= 1e-14 * scale or j + 1 == loss.size
+        )
+        if converged or j + 1 == steps:
+            ritz = stacked.T @ vectors[:, -1]
+            return TopEigenpair(
+                value=top,
+                vector=_unflat(ritz / ritz.norm(), loss),
+                residual=residual,
+                iterations=j + 1,
+                converged=converged,
+            )
         betas.append(beta)
         basis.append(w / beta)
-    warnings.warn(
-        f"hessian_max_eigenvalue: Lanczos did not reach the relative residual {tol:g} in "
-        f"{steps} iterations; returning the top Ritz value {top:.6g}",
-        GenMeasuresWarning,
-        stacklevel=2,
-    )
-    return top
+    raise AssertionError("unreachable: the loop returns at its last step")
+
+
+def hessian_max_eigenvalue(
+    ctx: MeasureContext,
+    *,
+    iterations: int = 100,
+    tol: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Largest (algebraic) eigenvalue of the Hessian of the training loss w.r.t. all parameters.
+
+    The value of :func:`hessian_top_eigenpair`, with a :class:`GenMeasuresWarning` when
+    Lanczos stopped before reaching the relative residual ``tol``.
+
+    Args:
+        ctx: The measure context (needs the training set).
+        iterations: Maximum number of Lanczos steps (≥ 1); capped at P.
+        tol: Relative residual tolerance (> 0).
+        generator: Source of the start vector; defaults to ``ctx.generator(LANCZOS_PURPOSE)``.
+
+    Returns:
+        The largest Ritz value, an estimate of ``λ_max`` (never above it in exact arithmetic).
+
+    Raises:
+        MeasureError: for an invalid ``iterations`` or ``tol``.
+    """
+    pair = hessian_top_eigenpair(ctx, iterations=iterations, tol=tol, generator=generator)
+    if not pair.converged:
+        warnings.warn(
+            f"hessian_max_eigenvalue: Lanczos did not reach the relative residual {tol:g} in "
+            f"{pair.iterations} iterations; returning the top Ritz value {pair.value:.6g}",
+            GenMeasuresWarning,
+            stacklevel=2,
+        )
+    return pair.value
 
 
 def hessian_diagonal(
