@@ -22,6 +22,17 @@ def test_readme_python_example_runs(monkeypatch, tmp_path, capsys):
     assert "spectral" in printed
 
 
+def test_readme_normalized_sharpness_example_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path))
+    block = python_blocks()[1]
+    assert len(block.strip().splitlines()) == 5
+    exec(compile(block, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "ggn" in printed
+    for column in ("ns_squared", "trace_bound", "gamma_max", "attained", "gap"):
+        assert column in printed
+
+
 @pytest.fixture(scope="module")
 def zoo_example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The folder in which the README's zoo example ran, and its namespace."""
@@ -30,7 +41,7 @@ def zoo_example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GENMEASURES_CACHE", str(folder / "cache"))
         patch.chdir(folder)
-        exec(compile(python_blocks()[1], str(README), "exec"), namespace)
+        exec(compile(python_blocks()[2], str(README), "exec"), namespace)
     return folder, namespace
 
 
@@ -46,7 +57,7 @@ def test_readme_evaluation_example_runs(zoo_example, monkeypatch, capsys):
     folder, _ = zoo_example
     monkeypatch.chdir(folder)
     namespace: dict = {}
-    exec(compile(python_blocks()[2], str(README), "exec"), namespace)
+    exec(compile(python_blocks()[3], str(README), "exec"), namespace)
     scores = namespace["scores"]
     assert {"path-norm", "oracle 0.01", "canonical ordering"} <= set(scores.ranks.index)
     assert "K" in capsys.readouterr().out
