@@ -7,6 +7,7 @@ on tiny networks.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 from torch import nn
+
+from genmeasures.seeding import derive_seed
 
 
 def dense_matrix(linear_map: Callable[[torch.Tensor], torch.Tensor], input_shape: tuple[int, ...]):
@@ -268,3 +271,231 @@ def two_sided_by_scipy(f: np.ndarray, u: np.ndarray) -> float:
         options={"gtol": 1e-13, "maxiter": 10_000},
     )
     return float(np.sqrt(f_total * u_total)) * float(result.fun)
+
+
+# ----------------------------------------------------------------------------- perturbation
+
+PERTURBATION_SEARCHES = (
+    "pacbayes-sigma",
+    "pacbayes-mag-sigma",
+    "sharpness-alpha",
+    "sharpness-mag-alpha",
+)
+_PERTURBED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_EVALUATION_BATCH = 512
+
+
+def perturbed_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """θ: weight then bias (if any) of every Linear / Conv1d-3d, in ``model.modules()`` order."""
+    parameters = []
+    for module in model.modules():
+        if isinstance(module, _PERTURBED_MODULES):
+            parameters.append(module.weight)
+            if module.bias is not None:
+                parameters.append(module.bias)
+    return parameters
+
+
+def correct_count(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many examples have ``argmax`` of the logits equal to the label, in batches of 512."""
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), _EVALUATION_BATCH):
+            batch = slice(start, start + _EVALUATION_BATCH)
+            correct += int((model(inputs[batch]).argmax(dim=1) == labels[batch]).sum())
+    return correct
+
+
+def perturbation_search_by_loops(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    search: str,
+    seed: int = 0,
+    s_min: float = 0.0,
+    s_max: float = 2.0,
+    steps: int = 20,
+    target: float = 0.1,
+    tolerance: float = 0.01,
+    interval_tolerance: float = 0.0,
+    samples: int | None = None,
+    eps: float = 1e-3,
+    ascent_steps: int = 20,
+    ascent_batch: int = 128,
+    ascent_rule: str = "gradient",
+    step_size: float | None = None,
+    eval_subset: int | None = None,
+) -> dict:
+    """The literal reference of ``MEASURES.md`` §2.4: bisection × draws, each scored on all of E.
+
+    ``search`` is one of ``pacbayes-sigma``, ``pacbayes-mag-sigma``, ``sharpness-alpha``,
+    ``sharpness-mag-alpha``. The model must have no BatchNorm (fold it first). One deep copy of
+    it, in eval mode, is perturbed in place; θ0 (the weights and biases of every Linear and Conv
+    module) is kept as clones. Draw or restart k uses its own generator, re-seeded with
+    ``derive_seed(seed, "perturbation/" + search, k)`` every time it is used (common random
+    numbers), so ``A(s)`` is a fixed function of s.
+
+    - PAC-Bayes: ``A(s)`` is the mean over ``samples`` draws of ``acc(θ0 + u; E)`` with
+      ``u = s·z`` (``pacbayes-sigma``) or ``u = sqrt(s²θ0² + eps²)·z`` (``pacbayes-mag-sigma``),
+      ``z ~ N(0, I)``. It is computed as the total number of correct predictions over all draws
+      divided by ``samples · |E|`` (exactly rounded).
+    - Sharpness: box half-widths ``r = s`` (``sharpness-alpha``) or ``r = s|θ0| + eps``
+      (``sharpness-mag-alpha``); each restart starts at ``u = r(U − 1/2)``, takes
+      ``ascent_steps`` projected ascent steps on the mean cross-entropy of minibatches of the
+      whole training set, and is scored on E; ``A(s)`` is the minimum over restarts.
+
+    Returns:
+        A dict with ``value`` (the last midpoint s), ``converged``, ``reason`` (``"tolerance"``,
+        ``"interval"`` or ``"max-steps"``), ``saturated`` (``"high"``, ``"low"`` or None),
+        ``a0``, ``history`` (one ``(s, A(s), |a0 − A(s)|)`` triple per bisection step),
+        ``evaluations`` (times E was scored, a0 included) and ``ascent_steps_run`` (gradient
+        steps over all restarts and bisection steps).
+    """
+    if search not in PERTURBATION_SEARCHES:
+        raise ValueError(f"unknown search {search!r}; expected one of {PERTURBATION_SEARCHES}")
+    if ascent_rule not in ("gradient", "sign"):
+        raise ValueError(f"unknown ascent_rule {ascent_rule!r}; expected 'gradient' or 'sign'")
+    if not 0.0 <= s_min < s_max:
+        raise ValueError(f"need 0 <= s_min < s_max, got [{s_min}, {s_max}]")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    pacbayes = search.startswith("pacbayes")
+    if samples is None:
+        samples = 10 if pacbayes else 3
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if ascent_steps < 0 or ascent_batch < 1:
+        raise ValueError("need ascent_steps >= 0 and ascent_batch >= 1")
+    if step_size is None:
+        step_size = 0.1 if ascent_rule == "gradient" else 0.25
+    m = len(labels)
+    if m == 0 or inputs.shape[0] != m:
+        raise ValueError(f"need as many inputs as labels, at least one; got {inputs.shape[0]}, {m}")
+    if eval_subset is not None and not 1 <= eval_subset <= m:
+        raise ValueError(f"eval_subset must be in [1, {m}], got {eval_subset}")
+
+    perturbed = copy.deepcopy(model).eval()
+    for parameter in perturbed.parameters():
+        parameter.requires_grad_(False)
+    parameters = perturbed_parameters(perturbed)
+    if not parameters:
+        raise ValueError("the model has no Linear or Conv weights to perturb")
+    theta0 = [p.detach().clone() for p in parameters]
+    if not pacbayes:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+    purpose = "perturbation/" + search
+    if eval_subset is None:
+        eval_inputs, eval_labels = inputs, labels
+    else:
+        subset_seed = derive_seed(seed, purpose + "/eval-subset")
+        subset_generator = torch.Generator().manual_seed(subset_seed)
+        chosen = torch.randperm(m, generator=subset_generator)[:eval_subset].to(labels.device)
+        eval_inputs, eval_labels = inputs[chosen], labels[chosen]
+    n_eval = len(eval_labels)
+    evaluations = 0
+    ascent_steps_run = 0
+
+    def set_perturbation(u: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for parameter, start, offset in zip(parameters, theta0, u, strict=True):
+                parameter.copy_(start + offset)
+
+    def score() -> int:
+        nonlocal evaluations
+        evaluations += 1
+        return correct_count(perturbed, eval_inputs, eval_labels)
+
+    def generator(k: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(seed, purpose, k))
+
+    def pacbayes_estimate(s: float) -> float:
+        correct = 0
+        for k in range(samples):
+            g = generator(k)
+            u = []
+            for start in theta0:
+                z = torch.randn(start.shape, generator=g, dtype=start.dtype).to(start.device)
+                if search == "pacbayes-sigma":
+                    u.append(s * z)
+                else:
+                    u.append(torch.sqrt(s**2 * start**2 + eps**2) * z)
+            set_perturbation(u)
+            correct += score()
+        return correct / (samples * n_eval)
+
+    def sharpness_estimate(s: float) -> float:
+        nonlocal ascent_steps_run
+        if search == "sharpness-alpha":
+            radii = [torch.full_like(start, s) for start in theta0]
+        else:
+            radii = [s * start.abs() + eps for start in theta0]
+        accuracies = []
+        for k in range(samples):
+            g = generator(k)
+            u = []
+            for start, r in zip(theta0, radii, strict=True):
+                uniform = torch.rand(start.shape, generator=g, dtype=start.dtype).to(start.device)
+                u.append(r * (uniform - 0.5))
+            for _ in range(ascent_steps):
+                if m > ascent_batch:
+                    batch = torch.randperm(m, generator=g)[:ascent_batch]
+                else:
+                    batch = torch.arange(m)
+                batch = batch.to(labels.device)
+                set_perturbation(u)
+                for parameter in parameters:
+                    parameter.grad = None
+                loss = F.cross_entropy(perturbed(inputs[batch]), labels[batch])
+                loss.backward()
+                with torch.no_grad():
+                    stepped = []
+                    for offset, r, parameter in zip(u, radii, parameters, strict=True):
+                        gradient = parameter.grad
+                        if ascent_rule == "gradient":
+                            moved = offset + step_size * gradient
+                        else:
+                            moved = offset + step_size * r * torch.sign(gradient)
+                        stepped.append(torch.maximum(torch.minimum(moved, r), -r))
+                    u = stepped
+                ascent_steps_run += 1
+            set_perturbation(u)
+            accuracies.append(score() / n_eval)
+        return min(accuracies)
+
+    estimate = pacbayes_estimate if pacbayes else sharpness_estimate
+
+    a0 = score() / n_eval
+    lo, hi = s_min, s_max
+    moved_lo = moved_hi = False
+    history: list[tuple[float, float, float]] = []
+
+    def result(s: float, converged: bool, reason: str) -> dict:
+        saturated = "high" if not moved_hi else "low" if not moved_lo else None
+        return {
+            "value": s,
+            "converged": converged,
+            "reason": reason,
+            "saturated": saturated,
+            "a0": a0,
+            "history": history,
+            "evaluations": evaluations,
+            "ascent_steps_run": ascent_steps_run,
+        }
+
+    for _ in range(steps):
+        s = (lo + hi) / 2
+        accuracy = estimate(s)
+        deviation = abs(a0 - accuracy)
+        history.append((s, accuracy, deviation))
+        if abs(deviation - target) < tolerance:
+            return result(s, True, "tolerance")
+        if hi - lo < interval_tolerance:
+            return result(s, moved_lo and moved_hi, "interval")
+        if deviation > target:
+            hi, moved_hi = s, True
+        else:
+            lo, moved_lo = s, True
+    return result(s, False, "max-steps")

@@ -48,6 +48,20 @@ NORMALIZED_FLAT_MINIMA = {
     "hessian-trace",
     "hessian-max-eig",
 }
+FLATNESS = {
+    "pacbayes-init",
+    "pacbayes-orig",
+    "sharpness-init",
+    "sharpness-orig",
+    "pacbayes-flatness",
+    "sharpness-flatness",
+    "pacbayes-mag-init",
+    "pacbayes-mag-orig",
+    "pac-sharpness-mag-init",
+    "pac-sharpness-mag-orig",
+    "pacbayes-mag-flatness",
+    "sharpness-mag-flatness",
+}
 OPTIMIZATION = {
     "num-step-to-0.1-loss",
     "num-step-0.1-to-0.01-loss",
@@ -57,7 +71,7 @@ OPTIMIZATION = {
 
 
 def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_variants():
-    assert set(ALL) == ISSUE_MEASURES | NORMALIZED_FLAT_MINIMA | OPTIMIZATION | {
+    assert set(ALL) == ISSUE_MEASURES | NORMALIZED_FLAT_MINIMA | FLATNESS | OPTIMIZATION | {
         f"{name}-reshaped" for name in SPECTRAL
     }
 

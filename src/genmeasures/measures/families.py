@@ -1,3 +1,11 @@
 """Imports every family module so that its measures are registered."""
 
-from genmeasures.measures import capacity, normalized, norms, output, spectral, training  # noqa: F401
+from genmeasures.measures import (  # noqa: F401
+    capacity,
+    normalized,
+    norms,
+    output,
+    perturbation,
+    spectral,
+    training,
+)

@@ -103,6 +103,7 @@ def register_measure(
     stochastic: str = "no",
     aliases: Iterable[str] = (),
     fixed: dict[str, Any] | None = None,
+    description: str | None = None,
 ) -> Callable[[MeasureFn], MeasureFn]:
     """Register a measure function under ``name``.
 
@@ -115,6 +116,8 @@ def register_measure(
         aliases: Other labels, matched case-insensitively.
         fixed: Keyword arguments bound for this registration and hidden from the user's options;
             used to register the ``-reshaped`` variants from the same function.
+        description: One line saying what it is; defaults to the first line of the docstring
+            (give one when a function is registered under several names).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -130,7 +133,7 @@ def register_measure(
         if name in _REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
         defaults = _keyword_defaults(fn, fixed)
-        doc = inspect.getdoc(fn) or ""
+        doc = description or inspect.getdoc(fn) or ""
         _REGISTRY[name] = MeasureSpec(
             name=name,
             fn=fn,
