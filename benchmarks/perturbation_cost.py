@@ -86,7 +86,12 @@ def library_run(
     start = time.perf_counter()
     results = gm.compute(model, data, measures=MEASURES, init_model=init, options=options)
     seconds = time.perf_counter() - start
-    return seconds, {search: results[name].extra for search, name in MEASURE_OF_SEARCH.items()}
+    searches = {}
+    for search, name in MEASURE_OF_SEARCH.items():
+        # The first of a search's three measures runs it; the others read the cache.
+        sharing = [results[n] for n in results if results[n].extra["search"] == search]
+        searches[search] = results[name].extra | {"seconds": sum(r.seconds for r in sharing)}
+    return seconds, searches
 
 
 def straightforward_run(
@@ -172,13 +177,15 @@ def main() -> None:
         equal_or_better &= ours_error <= theirs_error
         print(
             f"{search:<20} {theirs['seconds']:>10.2f} {theirs['forward_passes']:>13.1f}"
-            f" {'':>10} {ours['forward_passes']:>13.1f} {exact[search]['forward_passes']:>10.1f}"
+            f" {ours['seconds']:>10.2f} {ours['forward_passes']:>13.1f}"
+            f" {exact[search]['forward_passes']:>10.1f}"
             f" {theirs['scale']:>18.6g} / {ours['scale']:<17.6g}"
             f" {theirs_error:>9.4f} / {ours_error:.4f}"
         )
         figures["searches"][search] = {
             "straightforward": theirs | {"fresh_error": theirs_error},
             "genmeasures": {
+                "seconds": ours["seconds"],
                 "scale": ours["scale"],
                 "reason": ours["reason"],
                 "forward_passes": ours["forward_passes"],
