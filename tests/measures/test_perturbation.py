@@ -30,6 +30,7 @@ from torch import nn
 import genmeasures as gm
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.perturbation import (
+    SEARCH_OPTIONS,
     SEARCHES,
     SearchResult,
     _combined_interval,
@@ -773,3 +774,31 @@ def test_the_callers_model_is_unchanged():
         assert torch.equal(parameter, before[name]), name
         assert parameter.requires_grad == grad_flags[name], name
         assert parameter.grad is None, name
+
+
+@pytest.mark.parametrize(
+    "measure",
+    ["pacbayes-init", "pacbayes-mag-orig", "sharpness-flatness", "pac-sharpness-mag-init"],
+)
+def test_each_measure_accepts_exactly_its_search_options_with_the_same_defaults(measure):
+    spec = gm.get_measure(measure)
+    search = {
+        "pacbayes": "pacbayes-sigma",
+        "pacbayes-mag": "pacbayes-mag-sigma",
+        "sharpness": "sharpness-alpha",
+        "pac-sharpness-mag": "sharpness-mag-alpha",
+    }[measure.rsplit("-", 1)[0]]
+    assert spec.defaults == SEARCH_OPTIONS[search]
+    assert spec.fixed == {"quantity": measure.rsplit("-", 1)[1]}
+
+
+def test_sharpness_results_record_the_step_size_they_used():
+    model, inputs, labels = mlp_problem()
+    result = gm.compute(
+        model,
+        (inputs, labels),
+        measures="sharpness-flatness",
+        options={"sharpness-flatness": {"ascent_rule": "sign"}},
+    )
+    assert result["sharpness-flatness"].extra["step_size"] == 0.25
+    assert result["sharpness-flatness"].params["ascent_rule"] == "sign"

@@ -38,6 +38,10 @@ How the searches are made fast, all without changing what they compute:
   alone already drops the accuracy past the band, the other restarts cannot change the decision.
   ``sequential_error=0`` runs the paper's exact procedure: every draw and every restart scored
   on all of the accuracy set at every step.
+
+Memory: a PAC-Bayes search holds two ``draws × ω`` tensors (the base noise and the perturbed
+copies), a sharpness search two ``restarts × ω``; each scoring pass runs ``batch_size`` examples
+through every copy at once.
 """
 
 from __future__ import annotations
@@ -177,7 +181,14 @@ class SearchResult:
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
             "history": [asdict(step) for step in self.history],
-        }
+        } | self._ascent()
+
+    def _ascent(self) -> dict[str, Any]:
+        """The ascent's step size η as used (the option may leave it to the rule's default)."""
+        if "ascent_rule" not in self.options:
+            return {}
+        rule = self.options["ascent_rule"]
+        return {"step_size": self.options["step_size"] or STEP_SIZES[rule]}
 
 
 # ---------------------------------------------------------------------------------- validation
