@@ -34,8 +34,8 @@ How the searches are made fast, all without changing what they compute:
   deterministic bounds of the examples not yet scored, at level ``sequential_error / (steps ×
   looks × restarts)``: by a union bound, **the search takes the same decisions as the exact
   procedure, hence returns the same value, with probability at least 1 − sequential_error**.
-  For sharpness, restart 0 is ascended and scored first: ``A(s)`` is a minimum, so when restart 0
-  alone already drops the accuracy past the band, the other restarts cannot change the decision.
+  For sharpness, restarts are ascended and scored one at a time: ``A(s)`` is a minimum, so once
+  the restarts so far drop the accuracy past the band, the others cannot change the decision.
   ``sequential_error=0`` runs the paper's exact procedure: every draw and every restart scored
   on all of the accuracy set at every step.
 
@@ -47,6 +47,7 @@ through every copy at once.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import warnings
@@ -883,99 +884,40 @@ def _flatness(
     return MeasureOutput(value=value, converged=result.converged, extra=extra)
 
 
-def _search_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    """A measure function's own keyword options: its ``locals()`` less ``ctx`` and ``quantity``."""
-    return {k: v for k, v in arguments.items() if k not in ("ctx", "quantity")}
+def _measure_function(search: str) -> Callable[..., MeasureOutput]:
+    """The function of the three measures built on ``search``: ``fn(ctx, *, quantity, ...)``.
+
+    Its signature lists the search's options with their defaults, :data:`SEARCH_OPTIONS`
+    ``[search]``, which the registry reads as the measures' options; ``quantity`` is fixed by each
+    registration.
+    """
+
+    def measure(ctx: MeasureContext, *, quantity: str, **options: Any) -> MeasureOutput:
+        return _flatness(ctx, search, quantity, options)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    measure.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("quantity", keyword, annotation=str),
+            *(
+                inspect.Parameter(name, keyword, default=default)
+                for name, default in SEARCH_OPTIONS[search].items()
+            ),
+        ],
+        return_annotation=MeasureOutput,
+    )
+    measure.__name__ = measure.__qualname__ = search.replace("-", "_")
+    measure.__doc__ = f"Flatness measures from the scale of the ``{search}`` search."
+    return measure
 
 
-def pacbayes(
-    ctx: MeasureContext,
-    *,
-    quantity: str,
-    s_min: float = 0.0,
-    s_max: float = 2.0,
-    steps: int = 20,
-    target: float = 0.1,
-    tolerance: float = 0.01,
-    interval_tolerance: float = 0.0,
-    eval_subset: int | None = None,
-    sequential_error: float = 0.01,
-    draws: int = 10,
-) -> MeasureOutput:
-    """PAC-Bayes measures from σ, the Gaussian noise scale of ``pacbayes-sigma``."""
-    return _flatness(ctx, "pacbayes-sigma", quantity, _search_options(locals()))
-
-
-def pacbayes_magnitude(
-    ctx: MeasureContext,
-    *,
-    quantity: str,
-    s_min: float = 0.0,
-    s_max: float = 2.0,
-    steps: int = 20,
-    target: float = 0.1,
-    tolerance: float = 0.01,
-    interval_tolerance: float = 0.0,
-    eval_subset: int | None = None,
-    sequential_error: float = 0.01,
-    draws: int = 10,
-    eps: float = MAGNITUDE_EPS,
-) -> MeasureOutput:
-    """Magnitude-aware PAC-Bayes measures from σ' of ``pacbayes-mag-sigma``."""
-    return _flatness(ctx, "pacbayes-mag-sigma", quantity, _search_options(locals()))
-
-
-def sharpness(
-    ctx: MeasureContext,
-    *,
-    quantity: str,
-    s_min: float = 0.0,
-    s_max: float = 2.0,
-    steps: int = 20,
-    target: float = 0.1,
-    tolerance: float = 0.01,
-    interval_tolerance: float = 0.0,
-    eval_subset: int | None = None,
-    sequential_error: float = 0.01,
-    restarts: int = 3,
-    ascent_steps: int = 20,
-    ascent_batch: int = 128,
-    ascent_rule: str = "gradient",
-    step_size: float | None = None,
-) -> MeasureOutput:
-    """Sharpness measures from α, the worst-case box half-width of ``sharpness-alpha``."""
-    return _flatness(ctx, "sharpness-alpha", quantity, _search_options(locals()))
-
-
-def sharpness_magnitude(
-    ctx: MeasureContext,
-    *,
-    quantity: str,
-    s_min: float = 0.0,
-    s_max: float = 2.0,
-    steps: int = 20,
-    target: float = 0.1,
-    tolerance: float = 0.01,
-    interval_tolerance: float = 0.0,
-    eval_subset: int | None = None,
-    sequential_error: float = 0.01,
-    restarts: int = 3,
-    ascent_steps: int = 20,
-    ascent_batch: int = 128,
-    ascent_rule: str = "gradient",
-    step_size: float | None = None,
-    eps: float = MAGNITUDE_EPS,
-) -> MeasureOutput:
-    """Magnitude-aware sharpness measures from α' of ``sharpness-mag-alpha``."""
-    return _flatness(ctx, "sharpness-mag-alpha", quantity, _search_options(locals()))
-
-
-#: (name, eq, measure function, quantity, aliases, description) of ``MEASURES.md`` §3.7.
-_CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ...], str], ...] = (
+#: (name, eq, search, quantity, aliases, description) of ``MEASURES.md`` §3.7.
+_CATALOG: tuple[tuple[str, int, str, str, tuple[str, ...], str], ...] = (
     (
         "pacbayes-init",
         48,
-        pacbayes,
+        "pacbayes-sigma",
         "init",
         ("pacbayes", "pac-bayes-init"),
         "PAC-Bayes bound ‖θ−θ0‖²/(4σ²) + log(m/δ) + 10 (eq 48)",
@@ -983,7 +925,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pacbayes-orig",
         49,
-        pacbayes,
+        "pacbayes-sigma",
         "orig",
         ("pacbayes 0ref",),
         "PAC-Bayes bound ‖θ‖²/(4σ²) + log(m/δ) + 10 (eq 49)",
@@ -991,7 +933,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "sharpness-init",
         51,
-        sharpness,
+        "sharpness-alpha",
         "init",
         ("sharpness",),
         "Sharpness bound ‖θ−θ0‖² log(2ω)/(4α²) + log(m/δ) + 10 (eq 51)",
@@ -999,7 +941,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "sharpness-orig",
         52,
-        sharpness,
+        "sharpness-alpha",
         "orig",
         ("sharpness 0ref",),
         "Sharpness bound ‖θ‖² log(2ω)/(4α²) + log(m/δ) + 10 (eq 52)",
@@ -1007,7 +949,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pacbayes-flatness",
         53,
-        pacbayes,
+        "pacbayes-sigma",
         "flatness",
         ("1/σ pacbayes", "1-over-sigma-pacbayes", "1/sigma gaussian"),
         "1/σ², σ the Gaussian noise scale that drops training accuracy by 0.1 (eq 53)",
@@ -1015,7 +957,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "sharpness-flatness",
         54,
-        sharpness,
+        "sharpness-alpha",
         "flatness",
         ("1/σ sharpness", "1-over-sigma-sharpness", "1/sigma sharpness"),
         "1/α², α the worst-case box half-width that drops training accuracy by 0.1 (eq 54)",
@@ -1023,7 +965,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pacbayes-mag-init",
         56,
-        pacbayes_magnitude,
+        "pacbayes-mag-sigma",
         "init",
         ("pac-bayes-mag-init",),
         "Magnitude-aware PAC-Bayes bound relative to θ0, from σ' (eq 56)",
@@ -1031,7 +973,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pacbayes-mag-orig",
         57,
-        pacbayes_magnitude,
+        "pacbayes-mag-sigma",
         "orig",
         (),
         "Magnitude-aware PAC-Bayes bound relative to the origin, from σ' (eq 57)",
@@ -1039,7 +981,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pac-sharpness-mag-init",
         59,
-        sharpness_magnitude,
+        "sharpness-mag-alpha",
         "init",
         ("sharpness-mag-init",),
         "Magnitude-aware sharpness bound relative to θ0, from α' (eq 59)",
@@ -1047,7 +989,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pac-sharpness-mag-orig",
         60,
-        sharpness_magnitude,
+        "sharpness-mag-alpha",
         "orig",
         ("sharpness-mag-orig",),
         "Magnitude-aware sharpness bound relative to the origin, from α' (eq 60)",
@@ -1055,7 +997,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "pacbayes-mag-flatness",
         61,
-        pacbayes_magnitude,
+        "pacbayes-mag-sigma",
         "flatness",
         (
             "1/σ' pacbayes mag",
@@ -1068,7 +1010,7 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     (
         "sharpness-mag-flatness",
         62,
-        sharpness_magnitude,
+        "sharpness-mag-alpha",
         "flatness",
         (
             "1/α' sharpness mag",
@@ -1080,16 +1022,16 @@ _CATALOG: tuple[tuple[str, int, Callable[..., MeasureOutput], str, tuple[str, ..
     ),
 )
 
-for _name, _eq, _function, _quantity, _aliases, _description in _CATALOG:
+_FUNCTIONS = {search: _measure_function(search) for search in SEARCHES}
+
+for _name, _eq, _search, _quantity, _aliases, _description in _CATALOG:
     register_measure(
         _name,
         eq=_eq,
-        family="flatness-pacbayes"
-        if _function in (pacbayes, pacbayes_magnitude)
-        else "flatness-sharpness",
+        family="flatness-pacbayes" if _search.startswith("pacbayes") else "flatness-sharpness",
         needs=("data", "init") if _quantity == "init" else ("data",),
         stochastic="yes",
         aliases=_aliases,
         fixed={"quantity": _quantity},
         description=_description,
-    )(_function)
+    )(_FUNCTIONS[_search])
