@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import genmeasures as gm
+from genmeasures.measures.context import MeasureContext
 from genmeasures.zoo.train import TrainingConfig, train_to_target
 
 
@@ -14,6 +15,29 @@ def argmax_labels(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Labels the model fits perfectly, so that every margin is positive."""
     with torch.no_grad():
         return model.eval()(inputs).argmax(dim=1)
+
+
+def measure_context(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    seed: int = 0,
+    init_model: nn.Module | None = None,
+) -> MeasureContext:
+    """A context as :func:`genmeasures.compute` builds it, on the CPU, for calling internals."""
+    return MeasureContext(
+        model,
+        inputs,
+        labels,
+        init_model=init_model,
+        records=None,
+        seed=seed,
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        input_shape=tuple(inputs.shape[1:]),
+    )
 
 
 def tiny_mlp(seed: int = 0, *, batchnorm: bool = False) -> nn.Module:

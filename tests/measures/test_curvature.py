@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import measure_context
 from torch import nn
 from torch.func import functional_call
 
@@ -80,18 +81,7 @@ def cnn_data(m: int = 18) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def context(model, data, *, batch_size: int = 7, seed: int = 0) -> MeasureContext:
-    inputs, labels = data
-    return MeasureContext(
-        model,
-        inputs,
-        labels,
-        init_model=None,
-        records=None,
-        seed=seed,
-        device=torch.device("cpu"),
-        batch_size=batch_size,
-        input_shape=tuple(inputs.shape[1:]),
-    )
+    return measure_context(model, *data, batch_size=batch_size, seed=seed)
 
 
 CASES = {

@@ -24,7 +24,7 @@ from closed_forms import (
     sigma_of_drop,
     two_row_linear,
 )
-from conftest import argmax_labels, tiny_cnn, tiny_mlp
+from conftest import argmax_labels, measure_context, tiny_cnn, tiny_mlp
 from torch import nn
 
 import genmeasures as gm
@@ -83,28 +83,6 @@ def noisy_mlp_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 PROBLEMS = {"mlp": mlp_problem, "cnn": cnn_problem, "noisy-mlp": noisy_mlp_problem}
-
-
-def context(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    seed: int = 0,
-    batch_size: int = 512,
-    init_model: nn.Module | None = None,
-) -> MeasureContext:
-    return MeasureContext(
-        model,
-        inputs,
-        labels,
-        init_model=init_model,
-        records=None,
-        seed=seed,
-        device=torch.device("cpu"),
-        batch_size=batch_size,
-        input_shape=tuple(inputs.shape[1:]),
-    )
 
 
 def search_quietly(ctx: MeasureContext, search: str, **options) -> SearchResult:
@@ -169,7 +147,7 @@ def linear_parameters(model: nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("problem", ["mlp", "cnn"])
 def test_exact_mode_equals_the_reference(problem, search):
     model, inputs, labels = PROBLEMS[problem]()
-    result = search_quietly(context(model, inputs, labels), search, sequential_error=0)
+    result = search_quietly(measure_context(model, inputs, labels), search, sequential_error=0)
     assert_same_as_reference(result, reference_search(model, inputs, labels, search))
 
 
@@ -196,7 +174,7 @@ def test_exact_mode_equals_the_reference(problem, search):
 )
 def test_exact_mode_equals_the_reference_with_options(problem, search, options, batch_size):
     model, inputs, labels = PROBLEMS[problem]()
-    ctx = context(model, inputs, labels, batch_size=batch_size)
+    ctx = measure_context(model, inputs, labels, batch_size=batch_size)
     result = search_quietly(ctx, search, sequential_error=0, **options)
     assert_same_as_reference(result, reference_search(model, inputs, labels, search, **options))
     size = options.get("eval_subset", len(labels))
@@ -208,7 +186,7 @@ def test_exact_mode_equals_the_reference_with_options(problem, search, options, 
 def test_each_accuracy_set_has_its_own_unperturbed_accuracy():
     """Searches sharing a context: the full set's a0 is shared, a subset's is its own."""
     model, inputs, labels = noisy_mlp_problem()
-    ctx = context(model, inputs, labels)
+    ctx = measure_context(model, inputs, labels)
     runs = [
         ("pacbayes-sigma", {}),
         ("pacbayes-mag-sigma", {"eval_subset": 30}),
@@ -231,7 +209,7 @@ def test_pacbayes_passes_count_every_example_scored(sequential_error):
     model, inputs, labels = mlp_problem()
     draws = 10
     result = search_quietly(
-        context(model, inputs, labels), "pacbayes-sigma", sequential_error=sequential_error
+        measure_context(model, inputs, labels), "pacbayes-sigma", sequential_error=sequential_error
     )
     scored = sum(step.examples for step in result.history)  # per draw; a0 scores all of E once
     assert result.forward_passes == pytest.approx(1 + draws * scored / len(labels), rel=1e-12)
@@ -241,7 +219,9 @@ def test_pacbayes_passes_count_every_example_scored(sequential_error):
 def test_exact_sharpness_passes_count_the_ascent_and_the_scoring():
     model, inputs, labels = mlp_problem()
     restarts, ascent_steps, batch, m = 3, 20, 128, len(labels)
-    result = search_quietly(context(model, inputs, labels), "sharpness-alpha", sequential_error=0)
+    result = search_quietly(
+        measure_context(model, inputs, labels), "sharpness-alpha", sequential_error=0
+    )
     steps = len(result.history)
     ascent = steps * restarts * ascent_steps * batch / m
     assert result.backward_passes == pytest.approx(ascent, rel=1e-12)
@@ -263,8 +243,10 @@ SEQUENTIAL_CASES = [
 @pytest.mark.parametrize(("problem", "search", "options"), SEQUENTIAL_CASES)
 def test_sequential_mode_takes_the_exact_decisions(problem, search, options):
     model, inputs, labels = PROBLEMS[problem]()
-    exact = search_quietly(context(model, inputs, labels), search, sequential_error=0, **options)
-    fast = search_quietly(context(model, inputs, labels), search, **options)
+    exact = search_quietly(
+        measure_context(model, inputs, labels), search, sequential_error=0, **options
+    )
+    fast = search_quietly(measure_context(model, inputs, labels), search, **options)
     assert fast.options["sequential_error"] == 0.01
     assert fast.value == exact.value
     assert (fast.converged, fast.reason, fast.saturated) == (
@@ -279,8 +261,10 @@ def test_sequential_mode_takes_the_exact_decisions(problem, search, options):
 @pytest.mark.parametrize(("problem", "search", "options"), SEQUENTIAL_CASES)
 def test_sequential_intervals_contain_the_exact_accuracy(problem, search, options):
     model, inputs, labels = PROBLEMS[problem]()
-    exact = search_quietly(context(model, inputs, labels), search, sequential_error=0, **options)
-    fast = search_quietly(context(model, inputs, labels), search, **options)
+    exact = search_quietly(
+        measure_context(model, inputs, labels), search, sequential_error=0, **options
+    )
+    fast = search_quietly(measure_context(model, inputs, labels), search, **options)
     size = options.get("eval_subset", len(labels))
     for step, truth in zip(fast.history, exact.history, strict=True):
         assert step.lower <= truth.accuracy <= step.upper
@@ -298,8 +282,8 @@ def test_sequential_intervals_contain_the_exact_accuracy(problem, search, option
 @pytest.mark.parametrize("search", ["pacbayes-sigma", "sharpness-alpha"])
 def test_sequential_mode_scores_fewer_examples(search):
     model, inputs, labels = mlp_problem()
-    exact = search_quietly(context(model, inputs, labels), search, sequential_error=0)
-    fast = search_quietly(context(model, inputs, labels), search)
+    exact = search_quietly(measure_context(model, inputs, labels), search, sequential_error=0)
+    fast = search_quietly(measure_context(model, inputs, labels), search)
     assert any(step.examples < len(labels) for step in fast.history)
     assert fast.forward_passes < exact.forward_passes
     assert fast.backward_passes <= exact.backward_passes
@@ -311,7 +295,7 @@ def test_sequential_mode_scores_fewer_examples(search):
 def test_pacbayes_sigma_finds_the_gaussian_closed_form():
     inputs, labels = gaussian_data()
     result = perturbation_search(
-        context(two_row_linear(1.0, shared=0.0), inputs, labels), "pacbayes-sigma", draws=20
+        measure_context(two_row_linear(1.0, shared=0.0), inputs, labels), "pacbayes-sigma", draws=20
     )
     assert result.base_accuracy == 1.0
     assert result.converged and result.reason == "tolerance" and result.saturated is None
@@ -324,7 +308,7 @@ def test_pacbayes_mag_sigma_finds_the_gaussian_closed_form():
     a, c, eps = 1.0, 1.0, 0.05
     inputs, labels = gaussian_data()
     result = perturbation_search(
-        context(two_row_linear(a, shared=c), inputs, labels),
+        measure_context(two_row_linear(a, shared=c), inputs, labels),
         "pacbayes-mag-sigma",
         draws=20,
         eps=eps,
@@ -345,7 +329,7 @@ def test_sharpness_searches_find_the_box_corner(search):
         model, inputs, labels = mag_alpha_problem(eps)
         options = {"eps": eps}
     result = perturbation_search(
-        context(model, inputs, labels), search, ascent_rule="sign", **options
+        measure_context(model, inputs, labels), search, ascent_rule="sign", **options
     )
     assert result.base_accuracy == 1.0
     assert result.converged and result.reason == "tolerance"
@@ -360,7 +344,7 @@ def test_sigma_recheck_with_fresh_draws_drops_accuracy_by_the_target():
     """σ of pacbayes-sigma, re-scored with 30 draws it never saw: a mean drop of 0.1 ± 0.02."""
     model = two_row_linear(1.0, shared=0.0)
     inputs, labels = gaussian_data()
-    sigma = perturbation_search(context(model, inputs, labels), "pacbayes-sigma").value
+    sigma = perturbation_search(measure_context(model, inputs, labels), "pacbayes-sigma").value
     weight, bias = model.weight.detach(), model.bias.detach()
     generator = torch.Generator().manual_seed(20240611)
     accuracies = []
@@ -380,8 +364,8 @@ def test_sigma_recheck_with_fresh_draws_drops_accuracy_by_the_target():
 @pytest.mark.parametrize("search", SEARCHES)
 def test_same_seed_gives_the_same_result(search):
     model, inputs, labels = mlp_problem()
-    first = search_quietly(context(model, inputs, labels, seed=5), search)
-    again = search_quietly(context(model, inputs, labels, seed=5), search)
+    first = search_quietly(measure_context(model, inputs, labels, seed=5), search)
+    again = search_quietly(measure_context(model, inputs, labels, seed=5), search)
     assert first.value == again.value
     assert first.history == again.history
     assert first == again
@@ -389,8 +373,8 @@ def test_same_seed_gives_the_same_result(search):
 
 def test_another_seed_gives_another_pacbayes_history():
     model, inputs, labels = mlp_problem()
-    first = search_quietly(context(model, inputs, labels, seed=0), "pacbayes-sigma")
-    other = search_quietly(context(model, inputs, labels, seed=1), "pacbayes-sigma")
+    first = search_quietly(measure_context(model, inputs, labels, seed=0), "pacbayes-sigma")
+    other = search_quietly(measure_context(model, inputs, labels, seed=1), "pacbayes-sigma")
     assert [s.accuracy for s in first.history] != [s.accuracy for s in other.history]
 
 
@@ -401,7 +385,9 @@ def test_too_flat_for_the_interval_is_saturated_high_with_a_warning():
     model, inputs, labels = mlp_problem()
     s_max = 1e-4
     with pytest.warns(gm.GenMeasuresWarning, match="pacbayes-sigma") as caught:
-        result = perturbation_search(context(model, inputs, labels), "pacbayes-sigma", s_max=s_max)
+        result = perturbation_search(
+            measure_context(model, inputs, labels), "pacbayes-sigma", s_max=s_max
+        )
     assert "saturated" in str(caught[0].message)
     assert result.converged is False
     assert result.reason == "saturated" and result.saturated == "high"
@@ -435,7 +421,7 @@ def test_noise_floor_too_large_is_saturated_low():
     model, inputs, labels = mlp_problem()
     with pytest.warns(gm.GenMeasuresWarning, match="pacbayes-mag-sigma"):
         result = perturbation_search(
-            context(model, inputs, labels), "pacbayes-mag-sigma", eps=1.0, steps=6
+            measure_context(model, inputs, labels), "pacbayes-mag-sigma", eps=1.0, steps=6
         )
     assert result.converged is False
     assert result.reason == "saturated" and result.saturated == "low"
@@ -447,7 +433,7 @@ def test_interval_tolerance_with_one_end_unmoved_is_saturated():
     model, inputs, labels = mlp_problem()
     with pytest.warns(gm.GenMeasuresWarning, match="pacbayes-sigma"):
         result = perturbation_search(
-            context(model, inputs, labels), "pacbayes-sigma", interval_tolerance=1.5
+            measure_context(model, inputs, labels), "pacbayes-sigma", interval_tolerance=1.5
         )
     assert [step.scale for step in result.history] == [1.0, 0.5]
     assert result.converged is False
@@ -460,7 +446,10 @@ def test_interval_tolerance_with_both_ends_moved_converges():
     with warnings.catch_warnings():
         warnings.simplefilter("error", gm.GenMeasuresWarning)
         result = perturbation_search(
-            context(model, inputs, labels), "pacbayes-sigma", interval_tolerance=0.1, tolerance=0.0
+            measure_context(model, inputs, labels),
+            "pacbayes-sigma",
+            interval_tolerance=0.1,
+            tolerance=0.0,
         )
     decisions = [step.decision for step in result.history]
     assert "above" in decisions and "below" in decisions
@@ -561,7 +550,7 @@ def test_the_three_measures_of_a_search_share_one_run(monkeypatch):
 
 def test_a_search_is_cached_in_its_context(monkeypatch):
     runs = count_calls(monkeypatch, _Search, "run")
-    ctx = context(*mlp_problem())
+    ctx = measure_context(*mlp_problem())
     first = search_quietly(ctx, "pacbayes-sigma", draws=10)
     again = search_quietly(ctx, "pacbayes-sigma")  # the same options, defaults spelled or not
     other = search_quietly(ctx, "pacbayes-sigma", draws=3)
@@ -684,7 +673,7 @@ def test_rule_without_tolerance_never_stops_and_splits_at_the_target():
     ],
 )
 def test_bad_search_options_raise(search, options, option):
-    ctx = context(*mlp_problem())
+    ctx = measure_context(*mlp_problem())
     with pytest.raises(gm.MeasureError, match=search) as raised:
         perturbation_search(ctx, search, **options)
     assert option in str(raised.value)
@@ -692,7 +681,7 @@ def test_bad_search_options_raise(search, options, option):
 
 def test_unknown_search_raises():
     with pytest.raises(gm.MeasureError, match="'sharpness'"):
-        perturbation_search(context(*mlp_problem()), "sharpness")
+        perturbation_search(measure_context(*mlp_problem()), "sharpness")
 
 
 @pytest.mark.parametrize(
@@ -750,10 +739,10 @@ def test_a_model_vmap_cannot_trace_is_evaluated_copy_by_copy(search):
     plain = mlp_with(nn.Identity())
     labels = argmax_labels(plain, inputs)
     options = {"ascent_steps": 3} if search == "sharpness-alpha" else {}
-    expected = search_quietly(context(plain, inputs, labels), search, **options)
+    expected = search_quietly(measure_context(plain, inputs, labels), search, **options)
     traced = mlp_with(ItemScale())
     with pytest.warns(gm.GenMeasuresWarning, match="vmap") as caught:
-        result = perturbation_search(context(traced, inputs, labels), search, **options)
+        result = perturbation_search(measure_context(traced, inputs, labels), search, **options)
     assert sum("vmap" in str(w.message) for w in caught) == 1
     assert result.value == expected.value
     assert result.history == expected.history

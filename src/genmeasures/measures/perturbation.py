@@ -556,7 +556,7 @@ class _Search:
                     x = self.eval_inputs[rows[:, start : start + chunk]]
                     y = self.eval_labels[rows[:, start : start + chunk]]
                 total += self.net.correct_of_copies(thetas, x, y, shared_data=rows is None)
-                self.forward_examples += copies * (y.shape[-1])
+                self.forward_examples += copies * y.shape[-1]
         return total
 
     def orders(self) -> torch.Tensor:
@@ -598,10 +598,8 @@ class _Search:
             thetas = theta0 + torch.sqrt(scale**2 * theta0**2 + self.options["eps"] ** 2) * noise
         draws = len(thetas)
         if order is None:
-            accuracy = float(self.count_correct(thetas, None).sum()) / (draws * self.eval_size)
-            return _Estimate(
-                accuracy, accuracy, accuracy, self.eval_size, self.rule.decide(accuracy)
-            )
+            correct = float(self.count_correct(thetas, None).sum())
+            return self.exact_estimate(correct / (draws * self.eval_size))
         tally = _Tally.start(order)
         for size in self.looks:
             self.score(tally, list(range(draws)), thetas, size)
@@ -626,10 +624,8 @@ class _Search:
         restarts = len(starts)
         if order is None:
             finals = self.net.theta0 + self.ascend(starts, radius, batches)
-            accuracies = self.count_correct(finals, None).double() / self.eval_size
-            accuracy = float(accuracies.min())
-            return _Estimate(
-                accuracy, accuracy, accuracy, self.eval_size, self.rule.decide(accuracy)
+            return self.exact_estimate(
+                float(self.count_correct(finals, None).min()) / self.eval_size
             )
         # Restarts are ascended one at a time. Until the last one, A(s) = min_k a_k is only known
         # to be at most the least accuracy so far, which decides when the deviation is already
@@ -644,8 +640,8 @@ class _Search:
             for size in self.looks:
                 self.score(tally, list(range(restarts)) if last else [k], finals, size)
                 bounds = [tally.interval(i, self.log_term) for i in range(k + 1)]
-                lowest = min(lower for lower, _ in bounds)
-                upper = min(upper for _, upper in bounds)
+                lowest = min(low for low, _ in bounds)
+                upper = min(high for _, high in bounds)
                 lower = lowest if last else 0.0
                 decision = self.rule.decide_interval(lower, upper)
                 if decision is not None:
@@ -656,6 +652,10 @@ class _Search:
                 if not last and self.rule.decide_interval(0.0, lowest) is None:
                     break  # the exact accuracies so far could not decide: ascend another restart
         raise AssertionError("the last look scores all of E, which always decides")
+
+    def exact_estimate(self, accuracy: float) -> _Estimate:
+        """The estimate of a step that scored every copy on all of E."""
+        return _Estimate(accuracy, accuracy, accuracy, self.eval_size, self.rule.decide(accuracy))
 
     def ascend(
         self, starts: torch.Tensor, radius: torch.Tensor, batches: torch.Tensor
@@ -701,7 +701,11 @@ class _Search:
                 ]
             else:
                 rows = [torch.arange(m, device=self.ctx.device)] * self.options["ascent_steps"]
-            batches.append(torch.stack(rows) if rows else torch.empty(0, batch, dtype=torch.long))
+            batches.append(
+                torch.stack(rows)
+                if rows
+                else torch.empty(0, batch, dtype=torch.long, device=self.ctx.device)
+            )
         return torch.stack(starts), torch.stack(batches)
 
     # ------------------------------------------------------------------ the bisection
