@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from genmeasures import evaluate
     from genmeasures.data import Dataset, load_dataset
     from genmeasures.errors import (
+        CorruptCheckpointError,
         DataError,
         EvaluationError,
         GenMeasuresError,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
         MissingInputError,
         ModelError,
         NumericalError,
+        SpaceError,
+        StudyError,
+        TrainingError,
         UnknownMeasureError,
         UnsupportedLayerError,
     )
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 __version__ = version("genmeasures")
 
 _ERRORS = (
+    "CorruptCheckpointError",
     "DataError",
     "EvaluationError",
     "GenMeasuresError",
@@ -58,6 +63,9 @@ _ERRORS = (
     "MissingInputError",
     "ModelError",
     "NumericalError",
+    "SpaceError",
+    "StudyError",
+    "TrainingError",
     "UnknownMeasureError",
     "UnsupportedLayerError",
 )
@@ -81,6 +89,7 @@ _SOURCES: dict[str, str] = {
 }
 
 __all__ = [
+    "CorruptCheckpointError",
     "DataError",
     "Dataset",
     "EvaluationError",
@@ -93,6 +102,9 @@ __all__ = [
     "ModelError",
     "NumericalError",
     "Results",
+    "SpaceError",
+    "StudyError",
+    "TrainingError",
     "UnknownMeasureError",
     "UnsupportedLayerError",
     "Zoo",

@@ -45,5 +45,25 @@ class EvaluationError(GenMeasuresError, ValueError):
     """A table cannot be scored (names the column, what was expected and what was received)."""
 
 
+class TrainingError(GenMeasuresError, ValueError):
+    """A training configuration or a training input is invalid."""
+
+
+class SpaceError(GenMeasuresError, ValueError):
+    """A space (preset, TOML file or dict) or a configuration is invalid.
+
+    The message names the source (preset name or file path), the key (e.g. ``grid.width``), the
+    value received and what was expected.
+    """
+
+
+class StudyError(GenMeasuresError):
+    """A study folder cannot be created, opened or used as asked."""
+
+
+class CorruptCheckpointError(StudyError):
+    """A checkpoint file does not match the digest recorded with its model."""
+
+
 class GenMeasuresWarning(UserWarning):
     """A value that is returned but deserves attention (undefined measure, no convergence)."""

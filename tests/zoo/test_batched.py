@@ -10,13 +10,14 @@ from torch import nn
 
 import genmeasures as gm
 from genmeasures.data import Dataset
+from genmeasures.errors import TrainingError
 from genmeasures.zoo.batched import (
     SHARED_FIELDS,
     _plain_mlp_layers,
     batch_incompatibility,
     train_batched,
 )
-from genmeasures.zoo.train import TrainingConfig, TrainingError, TrainingRun, train_to_target
+from genmeasures.zoo.train import TrainingConfig, TrainingRun, train_to_target
 
 RTOL = 1e-6
 SHARED = {"batch_size": 8, "check_every": 3, "check_batches": 4}

@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_store import tiny_space
 
+from genmeasures.errors import StudyError
 from genmeasures.zoo.executors import train_zoo
-from genmeasures.zoo.store import StudyError, Zoo
+from genmeasures.zoo.store import Zoo
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,12 @@ finished ones.
 
 from genmeasures.zoo.executors import train_zoo
 from genmeasures.zoo.measuring import measure_zoo
-from genmeasures.zoo.space import Config, Space, SpaceError, list_presets, load_space
-from genmeasures.zoo.store import CorruptCheckpointError, StudyError, Zoo
+from genmeasures.zoo.space import Config, Space, list_presets, load_space
+from genmeasures.zoo.store import Zoo
 
 __all__ = [
     "Config",
-    "CorruptCheckpointError",
     "Space",
-    "SpaceError",
-    "StudyError",
     "Zoo",
     "list_presets",
     "load_space",

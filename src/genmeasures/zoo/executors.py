@@ -17,8 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
+from genmeasures.errors import StudyError
 from genmeasures.zoo.space import Config, canonical_json
-from genmeasures.zoo.store import ModelResult, StudyError, Zoo
+from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.worker import collect_unit, train_unit
 
 EXECUTORS = ("local", "ray")

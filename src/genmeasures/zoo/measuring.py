@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmeasures.data import Dataset
-from genmeasures.errors import GenMeasuresWarning
+from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning
 from genmeasures.measures import compute
 from genmeasures.measures.compute import recorded_params
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.zoo.space import Config, canonical_json
-from genmeasures.zoo.store import CorruptCheckpointError, Zoo, json_safe
+from genmeasures.zoo.store import Zoo, json_safe
 
 #: Called after each model with (config, models done so far, models to measure).
 ModelCallback = Callable[[Config, int, int], None]

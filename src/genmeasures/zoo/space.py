@@ -75,7 +75,7 @@ from typing import Any, NoReturn
 from torch import nn
 
 from genmeasures.data import DATASETS, Dataset, list_datasets, load_dataset
-from genmeasures.errors import GenMeasuresError, MeasureError
+from genmeasures.errors import MeasureError, SpaceError
 from genmeasures.evaluate.baselines import CANONICAL_ORDERS, canonical_rank
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
@@ -111,14 +111,6 @@ _TOP_LEVEL = ("name", "description", "measures", "fixed", "grid", "canonical")
 _FIXED_ONLY = ("dataset", "model", "dataset_options")
 _MAX_SEED = 2**64 - 1
 _HASH_CHARS = 16
-
-
-class SpaceError(GenMeasuresError, ValueError):
-    """A space (preset, TOML file or dict) or a configuration is invalid.
-
-    The message names the source (preset name or file path), the key (e.g. ``grid.width``), the
-    value received and what was expected.
-    """
 
 
 # ---------------------------------------------------------------------------------------------

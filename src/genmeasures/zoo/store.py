@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
+from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
 from genmeasures.measures import MeasureResult, list_measures
 from genmeasures.zoo.checkpoint import (
@@ -91,14 +91,6 @@ CREATE TABLE IF NOT EXISTS measures (
     PRIMARY KEY (model, name, params)
 );
 """
-
-
-class StudyError(GenMeasuresError):
-    """A study folder cannot be created, opened or used as asked."""
-
-
-class CorruptCheckpointError(StudyError):
-    """A checkpoint file does not match the digest recorded with its model."""
 
 
 @dataclass

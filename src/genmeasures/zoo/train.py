@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmeasures.data import Dataset
-from genmeasures.errors import GenMeasuresError
+from genmeasures.errors import TrainingError
 from genmeasures.seeding import derive_seed
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -43,10 +43,6 @@ ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = (
 
 #: Called at every loss check with (optimizer updates so far, estimated training cross-entropy).
 CheckCallback = Callable[[int, float], None]
-
-
-class TrainingError(GenMeasuresError, ValueError):
-    """A training configuration or a training input is invalid."""
 
 
 def _is_int(value: object) -> bool:
