@@ -3,8 +3,9 @@
 Two markers are replaced in the Markdown of every page:
 
 - ``<!-- options: NAME -->``: the options of measure NAME, read from the one declaration the
-  registry holds (``genmeasures.get_measure(NAME).options``, a :class:`genmeasures.validation.Settings`
-  dataclass, rendered with :func:`genmeasures.validation.settings_table`), or "No options.";
+  registry holds (``genmeasures.get_measure(NAME).options``, a dataclass deriving from
+  ``genmeasures.validation.Settings``, rendered with ``genmeasures.validation.settings_table``),
+  or "Options: none.";
 - ``<!-- measures-table -->``: every registered measure with its equation, family, inputs and
   stochasticity, linked to its entry.
 
@@ -75,7 +76,10 @@ def on_config(config: Any) -> Any:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for one cell of a Markdown table."""
+    for character in "\\|*_`":
+        text = text.replace(character, "\\" + character)
+    return text.replace("\n", " ")
 
 
 def options_markdown(name: str) -> str:
@@ -113,7 +117,7 @@ def options_markdown(name: str) -> str:
         "|---|---|---|---|",
     ]
     lines += [
-        f"| `{row['name']}` | `{_cell(row['default'])}` | {_cell(row['accepts'])} "
+        f"| `{row['name']}` | `{row['default']!r}` | {_cell(row['accepts'])} "
         f"| {_cell(row['doc'])} |"
         for row in rows
     ]
