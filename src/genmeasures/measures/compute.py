@@ -22,7 +22,7 @@ from genmeasures.errors import (
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.measures.result import MeasureResult, Results, UndefinedMeasure
-from genmeasures.validation import Settings
+from genmeasures.validation import Integer, Settings, check
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -86,11 +86,14 @@ def compute(
         raise MeasureError(
             f"init_model must be a torch.nn.Module or None, got {type(init_model).__name__}"
         )
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MeasureError(f"seed must be an int, got {seed!r}")
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}")
+    seed = check(seed, Integer(), where="compute", parameter="seed", error=MeasureError)
+    batch_size = check(
+        DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+        Integer(1),
+        where="compute",
+        parameter="batch_size",
+        error=MeasureError,
+    )
     inputs, labels = _training_set(data)
     selected = resolve_measures(measures)
     specs = [spec for spec, _ in selected]
