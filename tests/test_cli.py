@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -324,3 +325,26 @@ def test_evaluate_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a")
     assert code == 0, err
     assert "m" in {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_baseline_seed_seeds_the_baselines_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"a": [1, 2, 3] * 4, "b": [1] * 6 + [2] * 6})
+    table["gap"], table["m"] = rng.uniform(size=12), rng.uniform(size=12)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    ranks = []
+    for seed in ("1", "2"):
+        report = tmp_path / f"r{seed}"
+        argv = ["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b"]
+        code, _, err = run(capsys, *argv, "--baseline-seed", seed, "--report", str(report))
+        assert code == 0, err
+        assert json.loads((report / "summary.json").read_text())["seed"] == int(seed)
+        ranks.append(pd.read_csv(report / "ranks.csv", index_col=0))
+    pd.testing.assert_series_equal(ranks[0].loc["m"], ranks[1].loc["m"])
+    assert not ranks[0].loc["random"].equals(ranks[1].loc["random"])
+    # --seed is the seed of a model (`measure`); evaluate and study no longer take it.
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b", "--seed", "1"])
+    assert exited.value.code == 2 and "--seed" in capsys.readouterr().err

@@ -163,7 +163,12 @@ def _parser() -> argparse.ArgumentParser:
         help="names, aliases, glob patterns or !exclusions (default: a study's measures list, "
         "else all)",
     )
-    measure.add_argument("--seed", type=int, default=0)
+    measure.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialization, the training and the stochastic measures (default 0)",
+    )
     measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -202,7 +207,11 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         "--draws", type=int, default=10, help="draws averaged per oracle row (default 10)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the oracle and random baselines"
+        "--baseline-seed",
+        type=int,
+        default=0,
+        help="seed of the baselines: the oracles' noise and the random measure (default 0); "
+        "it seeds no model",
     )
 
 
@@ -294,7 +303,7 @@ def _study(args: argparse.Namespace) -> int:
     failed = _train_models(zoo, args)
     _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
     _report(
-        evaluate_zoo(zoo, draws=args.draws, seed=args.seed),
+        evaluate_zoo(zoo, draws=args.draws, seed=args.baseline_seed),
         args.report or zoo.path / "report",
         title=f"Study {zoo.space.name}",
         description=zoo.space.description,
@@ -312,7 +321,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "knows its own"
             )
         zoo = Zoo(args.study)
-        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.seed)
+        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.baseline_seed)
         folder = args.report or zoo.path / "report"
         title, description = f"Study {zoo.space.name}", zoo.space.description
     else:
@@ -327,7 +336,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             hparams=[name.strip() for name in args.hparams.split(",") if name.strip()],
             architecture=args.architecture,
             draws=args.draws,
-            seed=args.seed,
+            seed=args.baseline_seed,
         )
         folder = args.report or args.table.with_name(f"{args.table.stem}-report")
         title, description = f"Table {args.table.name}", ""
