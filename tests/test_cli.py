@@ -348,3 +348,35 @@ def test_baseline_seed_seeds_the_baselines_only(
     with pytest.raises(SystemExit) as exited:
         main(["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b", "--seed", "1"])
     assert exited.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_study_scores_exactly_the_measures_it_was_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "smoke"
+    argv = ["study", "--preset", "smoke", "--out", str(study), "--workers", "1", "--measures"]
+    code, out, err = run(capsys, *argv, "path-norm", "param-norm")
+    assert code == 0, err
+    stored = set(Zoo(study).table().attrs["measures"])
+    assert {"path-norm", "param-norm", "num-step-to-0.1-loss"} <= stored  # and training's
+    baselines = ["oracle 0.01", "oracle 0.02", "oracle 0.05", "oracle 0.1", "random"]
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert summary["measures"] == ["path-norm", "param-norm"]
+    assert summary["baselines"] == [*baselines[:4], "canonical ordering", "random"]
+    ranks = pd.read_csv(study / "report" / "ranks.csv", index_col=0)
+    assert list(ranks.index) == [*summary["measures"], *summary["baselines"]]
+    assert [r["measure"] for r in summary["pearson"]] == ["path-norm", "param-norm"]
+    printed = [line.split()[0] for line in out.split("τ-a")[1].splitlines()[2:] if line.strip()]
+    assert printed[:2] == ["path-norm", "param-norm"] and "num-step-to-0.1-loss" not in printed
+    # Aliases, patterns and exclusions select what they select among the stored measures.
+    code, out, err = run(capsys, "evaluate", str(study), "--measures", "*-norm", "!path-norm")
+    assert code == 0, err
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert summary["measures"] == ["param-norm"]
+    code, _, err = run(capsys, "evaluate", str(study), "--measures", "sum-of-fro")
+    assert code == 2 and "stores no value of sum-of-fro" in err
+    # Without --measures, evaluate scores every stored measure, training's included.
+    code, out, err = run(capsys, "evaluate", str(study))
+    assert code == 0, err
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert set(summary["measures"]) == stored

@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "--measures",
         nargs="+",
         default=None,
-        help="names, aliases, glob patterns or !exclusions to compute (default: the space's "
-        "measures list, else all)",
+        help="names, aliases, glob patterns or !exclusions to compute and score (default: the "
+        "space's measures list, else all)",
     )
     _add_evaluation_options(study)
 
@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         "--measures",
         nargs="+",
         default=None,
-        help="measure columns to score (default: every stored measure / numeric column)",
+        help="a study's measures to score, as names, aliases, glob patterns or !exclusions "
+        "(default: every stored measure); with --table, its measure columns (default: every "
+        "numeric column)",
     )
     _add_evaluation_options(evaluate)
 
@@ -301,9 +303,10 @@ def _study(args: argparse.Namespace) -> int:
         resolve_measures(args.measures)  # a misspelt name fails before any training
     zoo = _open_study(args, default_preset=DEFAULT_STUDY)
     failed = _train_models(zoo, args)
-    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
+    measures = args.measures or list(zoo.space.measures)
+    _measure_models(zoo, measures, args.data_root)
     _report(
-        evaluate_zoo(zoo, draws=args.draws, seed=args.baseline_seed),
+        evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed),
         args.report or zoo.path / "report",
         title=f"Study {zoo.space.name}",
         description=zoo.space.description,

@@ -10,12 +10,15 @@ A study knows more than a plain table does, and this module passes it on:
 - The canonical ordering of each type (appendix C.4) is ranked from the actual values with the
   space's own orders (:meth:`~genmeasures.zoo.space.Space.canonical_rank`).
 - The architecture of the Pearson table is the space's model.
+- The measures to score are chosen as :func:`~genmeasures.zoo.measuring.measure_zoo` chooses
+  those to compute (names, aliases, glob patterns, ``!`` exclusions), so that a study scores
+  exactly what it computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -23,6 +26,7 @@ from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_COLUMNS
+from genmeasures.measures.registry import resolve_measures
 from genmeasures.zoo.space import PER_OPTIMIZER
 from genmeasures.zoo.store import Zoo
 
@@ -67,9 +71,47 @@ def scoring_table(zoo: Zoo) -> tuple[pd.DataFrame, dict[str, pd.Series], list[st
     return table, canonical, notes
 
 
+def _selection(
+    zoo: Zoo, stored: Sequence[str], measures: str | Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The stored measures that ``measures`` selects, and those of them named explicitly.
+
+    Args:
+        zoo: The study.
+        stored: The measures it stores.
+        measures: Names, aliases, glob patterns or ``!`` exclusions, as
+            :func:`~genmeasures.zoo.measuring.measure_zoo` takes them
+            (:func:`~genmeasures.measures.registry.resolve_measures`).
+
+    Returns:
+        The canonical names of the selected measures that the study stores, in the order of
+        the selection, and the subset that ``measures`` names one by one (not by a pattern).
+
+    Raises:
+        UnknownMeasureError: For a name that is not registered.
+        MeasureError: For a pattern that matches no measure.
+        EvaluationError: If a measure named explicitly is not stored, or none selected is.
+    """
+    selected = resolve_measures(measures)
+    named = [spec.name for spec, explicit in selected if explicit]
+    absent = [name for name in named if name not in stored]
+    if absent:
+        raise EvaluationError(
+            f"study {zoo.path} stores no value of {', '.join(absent)}: compute them with "
+            f"`genmeasures measure {zoo.path} --measures {' '.join(absent)}` first"
+        )
+    chosen = [spec.name for spec, _ in selected if spec.name in stored]
+    if not chosen:
+        raise EvaluationError(
+            f"measures {measures!r} select no measure that study {zoo.path} stores; stored: "
+            f"{', '.join(stored) or 'none'}"
+        )
+    return chosen, named
+
+
 def evaluate_zoo(
     zoo: Zoo,
-    measures: Sequence[str] | None = None,
+    measures: str | Iterable[str] | None = None,
     *,
     epsilons: Sequence[float] = ORACLE_EPSILONS,
     draws: int = 10,
@@ -79,7 +121,10 @@ def evaluate_zoo(
 
     Args:
         zoo: The study.
-        measures: Measure columns to score; None: every stored measure.
+        measures: Names, aliases, glob patterns or ``!`` exclusions, as
+            :func:`~genmeasures.zoo.measuring.measure_zoo` takes them: the stored measures they
+            select are scored; None: every stored measure. A measure with fewer than 2 finite
+            values is left out with a note, unless it is named explicitly: then it is an error.
         epsilons: Noise levels of the oracle rows.
         draws: Draws averaged per oracle.
         seed: Seed of the oracle and random draws.
@@ -88,7 +133,9 @@ def evaluate_zoo(
         The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read.
 
     Raises:
-        EvaluationError: If no measure is stored yet, or too few models finished.
+        EvaluationError: If no measure is stored yet, a measure named is not stored or has
+            fewer than 2 finite values, or too few models finished.
+        MeasureError: If ``measures`` names no registered measure.
     """
     table, canonical, notes = scoring_table(zoo)
     if measures is None and not table.attrs[MEASURES_ATTR]:
@@ -96,9 +143,12 @@ def evaluate_zoo(
             f"study {zoo.path} has no stored measure yet: compute some with "
             f"`genmeasures measure {zoo.path}` (or genmeasures.zoo.measure_zoo) first"
         )
+    named: list[str] = []
+    if measures is not None:
+        table.attrs[MEASURES_ATTR], named = _selection(zoo, table.attrs[MEASURES_ATTR], measures)
     evaluation = score_table(
         table,
-        measures,
+        None,  # the measures of attrs, without the ones too few models have a value of
         gap="gap",
         canonical=canonical,
         architecture=ARCHITECTURE,
@@ -106,4 +156,10 @@ def evaluate_zoo(
         draws=draws,
         seed=seed,
     )
+    unscored = [name for name in named if name not in evaluation.measures]
+    if unscored:
+        raise EvaluationError(
+            f"too few finite values to score {', '.join(unscored)} (fewer than 2 among the "
+            f"{evaluation.models} finished models): leave them out of the measures to score"
+        )
     return dataclasses.replace(evaluation, notes=[*evaluation.notes, *notes])
