@@ -362,6 +362,7 @@ def test_study_scores_exactly_the_measures_it_was_asked_for(
     baselines = ["oracle 0.01", "oracle 0.02", "oracle 0.05", "oracle 0.1", "random"]
     summary = json.loads((study / "report" / "summary.json").read_text())
     assert summary["measures"] == ["path-norm", "param-norm"]
+    assert summary["title"] == "Study smoke" and "Smoke test" in summary["description"]
     assert summary["baselines"] == [*baselines[:4], "canonical ordering", "random"]
     ranks = pd.read_csv(study / "report" / "ranks.csv", index_col=0)
     assert list(ranks.index) == [*summary["measures"], *summary["baselines"]]

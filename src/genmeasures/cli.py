@@ -32,15 +32,16 @@ from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.evaluate import Evaluation, read_table, score_table
 from genmeasures.evaluate.report import format_summary, write_report
+from genmeasures.evaluate.table import MEASURES_ATTR
 from genmeasures.measures import Results, compute, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
 from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
-from genmeasures.zoo.evaluating import evaluate_zoo
+from genmeasures.zoo.evaluating import evaluate_zoo, write_zoo_report
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import Config, list_presets, load_space
-from genmeasures.zoo.store import METRICS, ModelResult, Zoo
+from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
 #: The space ``genmeasures study`` runs without --preset or --space.
@@ -305,12 +306,8 @@ def _study(args: argparse.Namespace) -> int:
     failed = _train_models(zoo, args)
     measures = args.measures or list(zoo.space.measures)
     _measure_models(zoo, measures, args.data_root)
-    _report(
-        evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed),
-        args.report or zoo.path / "report",
-        title=f"Study {zoo.space.name}",
-        description=zoo.space.description,
-    )
+    evaluation = evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed)
+    _print_report(evaluation, write_zoo_report(zoo, evaluation, args.report))
     return 1 if failed else 0
 
 
@@ -325,8 +322,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         zoo = Zoo(args.study)
         evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.baseline_seed)
-        folder = args.report or zoo.path / "report"
-        title, description = f"Study {zoo.space.name}", zoo.space.description
+        report = write_zoo_report(zoo, evaluation, args.report)
     else:
         if args.hparams is None:
             raise GenMeasuresError(
@@ -342,13 +338,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             seed=args.baseline_seed,
         )
         folder = args.report or args.table.with_name(f"{args.table.stem}-report")
-        title, description = f"Table {args.table.name}", ""
-    _report(evaluation, folder, title=title, description=description)
+        report = write_report(evaluation, folder, title=f"Table {args.table.name}")
+    _print_report(evaluation, report)
     return 0
 
 
-def _report(evaluation: Evaluation, folder: Path, *, title: str, description: str) -> None:
-    report = write_report(evaluation, folder, title=title, description=description)
+def _print_report(evaluation: Evaluation, report: Path) -> None:
     print(format_summary(evaluation))
     print(f"report: {report}", file=sys.stderr)
 
@@ -373,7 +368,7 @@ def _show(args: argparse.Namespace) -> int:
     for model_hash in failed.index:
         print(f"failed {model_hash}: {zoo.error(model_hash)}", file=sys.stderr)
     columns = ["status", *zoo.space.grid, "train_ce", "train_error", "test_error", "gap", "steps"]
-    stored = [c for c in table.columns if c not in METRICS and c not in ("index", *columns)]
+    stored = list(table.attrs[MEASURES_ATTR])
     shown = table[columns + stored] if args.measures else table[columns]
     with pd.option_context(
         "display.float_format", "{:.4g}".format, "display.max_rows", 200, "display.width", 200

@@ -18,13 +18,16 @@ A study knows more than a plain table does, and this module passes it on:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS
+from genmeasures.evaluate.report import write_report
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_COLUMNS
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.zoo.space import PER_OPTIMIZER
@@ -32,6 +35,9 @@ from genmeasures.zoo.store import Zoo
 
 #: The column naming each model's architecture in the scoring table.
 ARCHITECTURE = "model"
+
+#: The report's folder inside a study folder, unless told otherwise.
+REPORT_FOLDER = "report"
 
 
 def scoring_table(zoo: Zoo) -> tuple[pd.DataFrame, dict[str, pd.Series], list[str]]:
@@ -163,3 +169,25 @@ def evaluate_zoo(
             f"{evaluation.models} finished models): leave them out of the measures to score"
         )
     return dataclasses.replace(evaluation, notes=[*evaluation.notes, *notes])
+
+
+def write_zoo_report(
+    zoo: Zoo, evaluation: Evaluation, folder: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write the report of a study's evaluation (:func:`~genmeasures.evaluate.report.write_report`).
+
+    Args:
+        zoo: The study.
+        evaluation: Its scores, from :func:`evaluate_zoo`.
+        folder: The report folder; None: :data:`REPORT_FOLDER` inside the study folder.
+
+    Returns:
+        The path of ``report.md``, whose title names the study's space and whose description is
+        the space's.
+    """
+    return write_report(
+        evaluation,
+        zoo.path / REPORT_FOLDER if folder is None else folder,
+        title=f"Study {zoo.space.name}",
+        description=zoo.space.description,
+    )
