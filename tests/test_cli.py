@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -339,3 +340,59 @@ def test_evaluate_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a")
     assert code == 0, err
     assert "m" in {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_baseline_seed_seeds_the_baselines_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"a": [1, 2, 3] * 4, "b": [1] * 6 + [2] * 6})
+    table["gap"], table["m"] = rng.uniform(size=12), rng.uniform(size=12)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    ranks = []
+    for seed in ("1", "2"):
+        report = tmp_path / f"r{seed}"
+        argv = ["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b"]
+        code, _, err = run(capsys, *argv, "--baseline-seed", seed, "--report", str(report))
+        assert code == 0, err
+        assert json.loads((report / "summary.json").read_text())["seed"] == int(seed)
+        ranks.append(pd.read_csv(report / "ranks.csv", index_col=0))
+    pd.testing.assert_series_equal(ranks[0].loc["m"], ranks[1].loc["m"])
+    assert not ranks[0].loc["random"].equals(ranks[1].loc["random"])
+    # --seed is the seed of a model (`measure`); evaluate and study no longer take it.
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b", "--seed", "1"])
+    assert exited.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_study_scores_exactly_the_measures_it_was_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "smoke"
+    argv = ["study", "--preset", "smoke", "--out", str(study), "--workers", "1", "--measures"]
+    code, out, err = run(capsys, *argv, "path-norm", "param-norm")
+    assert code == 0, err
+    stored = set(Zoo(study).table().attrs["measures"])
+    assert {"path-norm", "param-norm", "num-step-to-0.1-loss"} <= stored  # and training's
+    baselines = ["oracle 0.01", "oracle 0.02", "oracle 0.05", "oracle 0.1", "random"]
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert summary["measures"] == ["path-norm", "param-norm"]
+    assert summary["title"] == "Study smoke" and "Smoke test" in summary["description"]
+    assert summary["baselines"] == [*baselines[:4], "canonical ordering", "random"]
+    ranks = pd.read_csv(study / "report" / "ranks.csv", index_col=0)
+    assert list(ranks.index) == [*summary["measures"], *summary["baselines"]]
+    assert [r["measure"] for r in summary["pearson"]] == ["path-norm", "param-norm"]
+    printed = [line.split()[0] for line in out.split("τ-a")[1].splitlines()[2:] if line.strip()]
+    assert printed[:2] == ["path-norm", "param-norm"] and "num-step-to-0.1-loss" not in printed
+    # Aliases, patterns and exclusions select what they select among the stored measures.
+    code, out, err = run(capsys, "evaluate", str(study), "--measures", "*-norm", "!path-norm")
+    assert code == 0, err
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert summary["measures"] == ["param-norm"]
+    code, _, err = run(capsys, "evaluate", str(study), "--measures", "sum-of-fro")
+    assert code == 2 and "stores no value of sum-of-fro" in err
+    # Without --measures, evaluate scores every stored measure, training's included.
+    code, out, err = run(capsys, "evaluate", str(study))
+    assert code == 0, err
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    assert set(summary["measures"]) == stored

@@ -32,16 +32,17 @@ from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.evaluate import Evaluation, read_table, score_table
 from genmeasures.evaluate.report import format_summary, write_report
+from genmeasures.evaluate.table import MEASURES_ATTR
 from genmeasures.measures import MeasureSpec, Results, compute, get_measure, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
 from genmeasures.validation import settings_table
 from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
-from genmeasures.zoo.evaluating import evaluate_zoo
+from genmeasures.zoo.evaluating import evaluate_zoo, write_zoo_report
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import Config, list_presets, load_space
-from genmeasures.zoo.store import METRICS, ModelResult, Zoo
+from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
 #: The space ``genmeasures study`` runs without --preset or --space.
@@ -95,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "--measures",
         nargs="+",
         default=None,
-        help="names, aliases, glob patterns or !exclusions to compute (default: the space's "
-        "measures list, else all)",
+        help="names, aliases, glob patterns or !exclusions to compute and score (default: the "
+        "space's measures list, else all)",
     )
     _add_evaluation_options(study)
 
@@ -123,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         "--measures",
         nargs="+",
         default=None,
-        help="measure columns to score (default: every stored measure / numeric column)",
+        help="a study's measures to score, as names, aliases, glob patterns or !exclusions "
+        "(default: every stored measure); with --table, its measure columns (default: every "
+        "numeric column)",
     )
     _add_evaluation_options(evaluate)
 
@@ -174,7 +177,12 @@ def _parser() -> argparse.ArgumentParser:
         help="names, aliases, glob patterns or !exclusions (default: a study's measures list, "
         "else all)",
     )
-    measure.add_argument("--seed", type=int, default=0)
+    measure.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialization, the training and the stochastic measures (default 0)",
+    )
     measure.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -213,7 +221,11 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         "--draws", type=int, default=10, help="draws averaged per oracle row (default 10)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the oracle and random baselines"
+        "--baseline-seed",
+        type=int,
+        default=0,
+        help="seed of the baselines: the oracles' noise and the random measure (default 0); "
+        "it seeds no model",
     )
 
 
@@ -325,13 +337,10 @@ def _study(args: argparse.Namespace) -> int:
         resolve_measures(args.measures)  # a misspelt name fails before any training
     zoo = _open_study(args, default_preset=DEFAULT_STUDY)
     failed = _train_models(zoo, args)
-    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
-    _report(
-        evaluate_zoo(zoo, draws=args.draws, seed=args.seed),
-        args.report or zoo.path / "report",
-        title=f"Study {zoo.space.name}",
-        description=zoo.space.description,
-    )
+    measures = args.measures or list(zoo.space.measures)
+    _measure_models(zoo, measures, args.data_root)
+    evaluation = evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed)
+    _print_report(evaluation, write_zoo_report(zoo, evaluation, args.report))
     return 1 if failed else 0
 
 
@@ -345,9 +354,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "knows its own"
             )
         zoo = Zoo(args.study)
-        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.seed)
-        folder = args.report or zoo.path / "report"
-        title, description = f"Study {zoo.space.name}", zoo.space.description
+        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.baseline_seed)
+        report = write_zoo_report(zoo, evaluation, args.report)
     else:
         if args.hparams is None:
             raise GenMeasuresError(
@@ -360,16 +368,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             hparams=[name.strip() for name in args.hparams.split(",") if name.strip()],
             architecture=args.architecture,
             draws=args.draws,
-            seed=args.seed,
+            seed=args.baseline_seed,
         )
         folder = args.report or args.table.with_name(f"{args.table.stem}-report")
-        title, description = f"Table {args.table.name}", ""
-    _report(evaluation, folder, title=title, description=description)
+        report = write_report(evaluation, folder, title=f"Table {args.table.name}")
+    _print_report(evaluation, report)
     return 0
 
 
-def _report(evaluation: Evaluation, folder: Path, *, title: str, description: str) -> None:
-    report = write_report(evaluation, folder, title=title, description=description)
+def _print_report(evaluation: Evaluation, report: Path) -> None:
     print(format_summary(evaluation))
     print(f"report: {report}", file=sys.stderr)
 
@@ -394,7 +401,7 @@ def _show(args: argparse.Namespace) -> int:
     for model_hash in failed.index:
         print(f"failed {model_hash}: {zoo.error(model_hash)}", file=sys.stderr)
     columns = ["status", *zoo.space.grid, "train_ce", "train_error", "test_error", "gap", "steps"]
-    stored = [c for c in table.columns if c not in METRICS and c not in ("index", *columns)]
+    stored = list(table.attrs[MEASURES_ATTR])
     shown = table[columns + stored] if args.measures else table[columns]
     with pd.option_context(
         "display.float_format", "{:.4g}".format, "display.max_rows", 200, "display.width", 200

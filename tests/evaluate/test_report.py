@@ -15,6 +15,7 @@ import pytest
 
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate import report as rp
+from genmeasures.evaluate.report import files
 
 HPARAMS = ["width", "batch_size", "lr"]
 SAFE_NAME = re.compile(r"^[a-z0-9._-]+\.png$")
@@ -355,14 +356,14 @@ def test_summary_json_has_null_for_nan(written: tuple[Evaluation, Path]) -> None
 
 def test_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "report.md"
-    rp._write_atomic(path, "old")
+    files._write_atomic(path, "old")
 
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rp.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        rp._write_atomic(path, "new")
+        files._write_atomic(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
 

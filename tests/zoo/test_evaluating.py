@@ -94,3 +94,23 @@ def test_evaluate_zoo_without_measures_says_what_to_run(tmp_path: Path) -> None:
     zoo = Zoo.create(tmp_path / "study", space)
     with pytest.raises(EvaluationError, match="genmeasures measure"):
         evaluate_zoo(zoo)
+
+
+def test_evaluate_zoo_scores_the_stored_measures_its_selection_names(study: Zoo) -> None:
+    training = ["num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-final"]
+    assert set(training) <= set(study.table().attrs["measures"])  # stored while training
+    # Names and aliases come out canonical, in the order given; baselines are added as ever.
+    evaluation = evaluate_zoo(study, ["path norm", "param-norm"])
+    assert evaluation.measures == ("path-norm", "param-norm")
+    assert list(evaluation.ranks.index) == [*evaluation.measures, *evaluation.baselines]
+    assert list(evaluation.pearson.index) == ["path-norm", "param-norm"]
+    # Patterns select among the stored measures only; exclusions remove.
+    assert set(evaluate_zoo(study, "*-norm").measures) == {"param-norm", "path-norm"}
+    assert evaluate_zoo(study, ["all", "!num-step-*", "!grad-noise-*"]).measures == (
+        "param-norm",
+        "path-norm",
+    )
+    with pytest.raises(EvaluationError, match="stores no value of sum-of-fro"):
+        evaluate_zoo(study, ["param-norm", "sum-of-fro"])
+    with pytest.raises(EvaluationError, match="select no measure"):
+        evaluate_zoo(study, "*fro*")

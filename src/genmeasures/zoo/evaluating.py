@@ -10,24 +10,34 @@ A study knows more than a plain table does, and this module passes it on:
 - The canonical ordering of each type (appendix C.4) is ranked from the actual values with the
   space's own orders (:meth:`~genmeasures.zoo.space.Space.canonical_rank`).
 - The architecture of the Pearson table is the space's model.
+- The measures to score are chosen as :func:`~genmeasures.zoo.measuring.measure_zoo` chooses
+  those to compute (names, aliases, glob patterns, ``!`` exclusions), so that a study scores
+  exactly what it computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS
+from genmeasures.evaluate.report import write_report
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_COLUMNS
+from genmeasures.measures.registry import resolve_measures
 from genmeasures.zoo.space import PER_OPTIMIZER
 from genmeasures.zoo.store import Zoo
 
 #: The column naming each model's architecture in the scoring table.
 ARCHITECTURE = "model"
+
+#: The report's folder inside a study folder, unless told otherwise.
+REPORT_FOLDER = "report"
 
 
 def scoring_table(zoo: Zoo) -> tuple[pd.DataFrame, dict[str, pd.Series], list[str]]:
@@ -67,9 +77,47 @@ def scoring_table(zoo: Zoo) -> tuple[pd.DataFrame, dict[str, pd.Series], list[st
     return table, canonical, notes
 
 
+def _selection(
+    zoo: Zoo, stored: Sequence[str], measures: str | Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The stored measures that ``measures`` selects, and those of them named explicitly.
+
+    Args:
+        zoo: The study.
+        stored: The measures it stores.
+        measures: Names, aliases, glob patterns or ``!`` exclusions, as
+            :func:`~genmeasures.zoo.measuring.measure_zoo` takes them
+            (:func:`~genmeasures.measures.registry.resolve_measures`).
+
+    Returns:
+        The canonical names of the selected measures that the study stores, in the order of
+        the selection, and the subset that ``measures`` names one by one (not by a pattern).
+
+    Raises:
+        UnknownMeasureError: For a name that is not registered.
+        MeasureError: For a pattern that matches no measure.
+        EvaluationError: If a measure named explicitly is not stored, or none selected is.
+    """
+    selected = resolve_measures(measures)
+    named = [spec.name for spec, explicit in selected if explicit]
+    absent = [name for name in named if name not in stored]
+    if absent:
+        raise EvaluationError(
+            f"study {zoo.path} stores no value of {', '.join(absent)}: compute them with "
+            f"`genmeasures measure {zoo.path} --measures {' '.join(absent)}` first"
+        )
+    chosen = [spec.name for spec, _ in selected if spec.name in stored]
+    if not chosen:
+        raise EvaluationError(
+            f"measures {measures!r} select no measure that study {zoo.path} stores; stored: "
+            f"{', '.join(stored) or 'none'}"
+        )
+    return chosen, named
+
+
 def evaluate_zoo(
     zoo: Zoo,
-    measures: Sequence[str] | None = None,
+    measures: str | Iterable[str] | None = None,
     *,
     epsilons: Sequence[float] = ORACLE_EPSILONS,
     draws: int = 10,
@@ -79,7 +127,10 @@ def evaluate_zoo(
 
     Args:
         zoo: The study.
-        measures: Measure columns to score; None: every stored measure.
+        measures: Names, aliases, glob patterns or ``!`` exclusions, as
+            :func:`~genmeasures.zoo.measuring.measure_zoo` takes them: the stored measures they
+            select are scored; None: every stored measure. A measure with fewer than 2 finite
+            values is left out with a note, unless it is named explicitly: then it is an error.
         epsilons: Noise levels of the oracle rows.
         draws: Draws averaged per oracle.
         seed: Seed of the oracle and random draws.
@@ -88,7 +139,9 @@ def evaluate_zoo(
         The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read.
 
     Raises:
-        EvaluationError: If no measure is stored yet, or too few models finished.
+        EvaluationError: If no measure is stored yet, a measure named is not stored or has
+            fewer than 2 finite values, or too few models finished.
+        MeasureError: If ``measures`` names no registered measure.
     """
     table, canonical, notes = scoring_table(zoo)
     if measures is None and not table.attrs[MEASURES_ATTR]:
@@ -96,9 +149,12 @@ def evaluate_zoo(
             f"study {zoo.path} has no stored measure yet: compute some with "
             f"`genmeasures measure {zoo.path}` (or genmeasures.zoo.measure_zoo) first"
         )
+    named: list[str] = []
+    if measures is not None:
+        table.attrs[MEASURES_ATTR], named = _selection(zoo, table.attrs[MEASURES_ATTR], measures)
     evaluation = score_table(
         table,
-        measures,
+        None,  # the measures of attrs, without the ones too few models have a value of
         gap="gap",
         canonical=canonical,
         architecture=ARCHITECTURE,
@@ -106,4 +162,32 @@ def evaluate_zoo(
         draws=draws,
         seed=seed,
     )
+    unscored = [name for name in named if name not in evaluation.measures]
+    if unscored:
+        raise EvaluationError(
+            f"too few finite values to score {', '.join(unscored)} (fewer than 2 among the "
+            f"{evaluation.models} finished models): leave them out of the measures to score"
+        )
     return dataclasses.replace(evaluation, notes=[*evaluation.notes, *notes])
+
+
+def write_zoo_report(
+    zoo: Zoo, evaluation: Evaluation, folder: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write the report of a study's evaluation (:func:`~genmeasures.evaluate.report.write_report`).
+
+    Args:
+        zoo: The study.
+        evaluation: Its scores, from :func:`evaluate_zoo`.
+        folder: The report folder; None: :data:`REPORT_FOLDER` inside the study folder.
+
+    Returns:
+        The path of ``report.md``, whose title names the study's space and whose description is
+        the space's.
+    """
+    return write_report(
+        evaluation,
+        zoo.path / REPORT_FOLDER if folder is None else folder,
+        title=f"Study {zoo.space.name}",
+        description=zoo.space.description,
+    )

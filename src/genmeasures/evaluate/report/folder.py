@@ -1,0 +1,108 @@
+"""The report folder: :func:`write_report` writes every table, figure and page of an evaluation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from genmeasures.evaluate.report.figures import (
+    figure_png,
+    population_figure,
+    scatter_figure,
+    scores_figure,
+    trend_figure,
+)
+from genmeasures.evaluate.report.files import _write_atomic, figure_names
+from genmeasures.evaluate.report.formats import summary_json, to_csv, to_latex, trends_csv
+from genmeasures.evaluate.report.pages import _html_page, _markdown_page
+from genmeasures.evaluate.report.tables import (
+    _scope,
+    _series,
+    cmi_table,
+    pearson_table,
+    population_notes,
+    rank_table,
+    trend_hparams,
+)
+from genmeasures.evaluate.scoring import Evaluation
+
+
+def _trend_caption(ev: Evaluation, hparam: str) -> str:
+    series = _series(ev, hparam)
+    lines = f", one line per {series}" if series is not None else ""
+    return (
+        f"Measures against {hparam}, rescaled to [0, 1] {_scope(ev)}, mean ± std{lines}; dashed "
+        f"gray: the rescaled {ev.gap} (Tsuzuku et al. 2020, figures 1-2)"
+    )
+
+
+def write_report(
+    ev: Evaluation, folder: str | os.PathLike[str], *, title: str, description: str = ""
+) -> Path:
+    """Write the tables, figures and pages of an evaluation into ``folder``.
+
+    Files (``folder`` and ``figures/`` are created if missing; each file is written to a
+    temporary name and renamed, so a crash never leaves one half-written, and the pages are
+    written last):
+
+    - ``ranks.csv``, ``cmi.csv``, ``pearson.csv``: :func:`rank_table`, :func:`cmi_table`,
+      :func:`pearson_table` at full precision, missing values empty;
+    - ``ranks.tex``, ``cmi.tex``, ``pearson.tex``: the same as LaTeX tables (:func:`to_latex`);
+    - ``figures/scores.png`` (:func:`scores_figure`), ``figures/population.png``
+      (:func:`population_figure`), ``figures/trend-<hparam>.png`` per hyperparameter of
+      :func:`trend_hparams` (:func:`trend_figure`, Tsuzuku et al. 2020, figures 1-2) and
+      ``figures/scatter-<measure>.png`` per measure (:func:`scatter_figure`; names from
+      :func:`figure_names`), in that order in the pages;
+    - ``trends.csv``: :func:`trends_csv`, the :func:`trend_table` of every hyperparameter of
+      :func:`trend_hparams` in long format (columns ``hparam, measure, level, series,
+      series_level, mean, std, count``);
+    - ``summary.json``: :func:`summary_json`;
+    - ``report.md``: title, description, the models scored and excluded, the notes, the three
+      tables with captions and the figures as image links;
+    - ``report.html``: the same, self-contained (inline CSS, images as base64 data URIs).
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+        folder: The output folder.
+        title: The pages' title.
+        description: Text under the title (Markdown in ``report.md``, plain text in HTML).
+
+    Returns:
+        The path of ``report.md``.
+    """
+    root = Path(folder)
+    figures_dir = root / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    tables = [
+        ("Rank correlation (Jiang et al. 2020, table 5)", "ranks", rank_table(ev)),
+        ("Conditional mutual information (Jiang et al. 2020, table 6)", "cmi", cmi_table(ev)),
+        ("Pearson correlation (Tsuzuku et al. 2020, tables 1-2)", "pearson", pearson_table(ev)),
+    ]
+    for _, stem, table in tables:
+        _write_atomic(root / f"{stem}.csv", to_csv(table))
+        _write_atomic(root / f"{stem}.tex", to_latex(table))
+    _write_atomic(root / "trends.csv", trends_csv(ev))
+
+    figures: list[tuple[str, str, bytes]] = []
+
+    def add(caption: str, name: str, figure: Figure) -> None:
+        png = figure_png(figure)
+        _write_atomic(figures_dir / name, png)
+        figures.append((caption, f"figures/{name}", png))
+
+    add("Ψ and K per measure, with the oracle and random levels", "scores.png", scores_figure(ev))
+    add("Population summary (Jiang et al. 2020, figure 1)", "population.png", population_figure(ev))
+    for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
+        add(_trend_caption(ev, hparam), name, trend_figure(ev, hparam))
+    for measure, name in figure_names(ev.measures).items():
+        add(f"{measure} against the generalization gap", name, scatter_figure(ev, measure))
+
+    population = population_notes(ev)
+    _write_atomic(root / "summary.json", summary_json(ev, title=title, description=description))
+    pairs = [(heading, table) for heading, _, table in tables]
+    page = (title, description, ev, pairs, figures, population)
+    _write_atomic(root / "report.md", _markdown_page(*page))
+    _write_atomic(root / "report.html", _html_page(*page))
+    return root / "report.md"

@@ -1,0 +1,411 @@
+"""Tables as text: Markdown, LaTeX, HTML, CSV and JSON, and the summary printed after a study.
+
+Every writer takes a table of :mod:`~genmeasures.evaluate.report.tables` (or any DataFrame with
+measure names as index) and reads its caption, decimals and baseline rows from ``attrs``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genmeasures.evaluate.report.tables import (
+    BASELINES_ATTR,
+    CAPTION_ATTR,
+    DECIMALS_ATTR,
+    LABEL_ATTR,
+    TAU_A,
+    TREND_COLUMNS,
+    population_notes,
+    trend_hparams,
+    trend_table,
+)
+from genmeasures.evaluate.scoring import CANONICAL_ROW, Evaluation
+
+#: Longest measure name shown in plot labels and :func:`format_summary` before truncation.
+NAME_WIDTH = 40
+
+#: Columns of ``trends.csv``: :func:`trend_table` of each hyperparameter, one after the other.
+TRENDS_CSV_COLUMNS = ("hparam", "measure", "level", *TREND_COLUMNS)
+
+_LATEX_HEADERS = {
+    "τ": r"$\tau$",
+    "Ψ": r"$\Psi$",
+    "|S|=0": r"$|S|=0$",
+    "|S|=1": r"$|S|=1$",
+    "|S|=2": r"$|S|=2$",
+    "K": r"$K$",
+    "K set": r"$K$ set",
+    "r": r"$r$",
+}
+_LATEX_CHARS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "τ": r"$\tau$",
+    "Ψ": r"$\Psi$",
+    "ψ": r"$\psi$",
+    "Î": r"$\hat{I}$",
+    "μ": r"$\mu$",
+    "ε": r"$\varepsilon$",
+    "∅": r"$\emptyset$",
+    "≤": r"$\le$",
+    "≥": r"$\ge$",
+    "×": r"$\times$",
+    "−": "-",
+    "…": r"\ldots{}",
+}
+_MARKDOWN_SPECIAL = frozenset("\\`*<>[]#$~")
+
+
+def format_number(value: Any, decimals: int) -> str | None:
+    """A table cell as text: numbers with ``decimals`` decimals, None for a missing value.
+
+    Args:
+        value: A cell of a table.
+        decimals: Decimals of a real number (3 for τ, ψ, Ψ and r; 4 for Î and K as in the
+            paper's tables 5-6).
+
+    Returns:
+        The text, or None for NaN, None or ``pd.NA`` (each writer shows it its own way).
+    """
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        if not math.isfinite(number):
+            return "inf" if number > 0 else "-inf"
+        text = f"{number:.{decimals}f}"
+        return f"{0.0:.{decimals}f}" if float(text) == 0 else text
+    return str(value)
+
+
+def _rows(
+    df: pd.DataFrame, decimals: int | None
+) -> tuple[list[str], list[bool], list[tuple[str, list[str | None]]]]:
+    """Headers (index name first), which columns are numeric, and the formatted rows."""
+    places = int(df.attrs.get(DECIMALS_ATTR, 3) if decimals is None else decimals)
+    headers = [str(df.index.name or "measure"), *map(str, df.columns)]
+    numeric = [True] + [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    columns = [df.iloc[:, j].tolist() for j in range(df.shape[1])]  # each keeps its own type
+    rows = [
+        (str(label), [format_number(column[i], places) for column in columns])
+        for i, label in enumerate(df.index)
+    ]
+    return headers, numeric, rows
+
+
+def _baseline_set(df: pd.DataFrame, baselines: Iterable[str] | None) -> set[str]:
+    return set(df.attrs.get(BASELINES_ATTR, ()) if baselines is None else baselines)
+
+
+def _split(
+    rows: list[tuple[str, list[str | None]]], baselines: set[str]
+) -> tuple[list[tuple[str, list[str | None]]], list[tuple[str, list[str | None]]]]:
+    return [r for r in rows if r[0] not in baselines], [r for r in rows if r[0] in baselines]
+
+
+def _markdown_text(text: str, *, cell: bool = False) -> str:
+    """Backslash-escape the characters that Markdown would read as markup (and ``|`` in cells)."""
+    special = _MARKDOWN_SPECIAL | {"|"} if cell else _MARKDOWN_SPECIAL
+    text = "".join(f"\\{ch}" if ch in special else ch for ch in text)
+    return " ".join(text.split())
+
+
+def to_markdown(
+    df: pd.DataFrame,
+    caption: str | None = None,
+    *,
+    decimals: int | None = None,
+    baselines: Iterable[str] | None = None,
+) -> str:
+    """A GitHub pipe table, its caption as a paragraph above it.
+
+    Args:
+        df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
+            DataFrame with measure names as index.
+        caption: Text above the table; None: ``df.attrs["caption"]`` if any.
+        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        baselines: Row labels shown in italics below the measures; None:
+            ``df.attrs["baselines"]``.
+
+    Returns:
+        The Markdown text, missing values shown as ``N/A``.
+    """
+    headers, numeric, rows = _rows(df, decimals)
+    measures, base = _split(rows, _baseline_set(df, baselines))
+    cells = [[_markdown_text(h, cell=True) for h in headers]]
+    for k, (label, values) in enumerate(measures + base):
+        text = _markdown_text(label, cell=True)
+        if k >= len(measures):
+            text = f"*{text}*"
+        cells.append([text, *(_markdown_text(v, cell=True) if v else "N/A" for v in values)])
+    widths = [max(3, *(len(row[j]) for row in cells)) for j in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        padded = [
+            cell.rjust(width) if right and j else cell.ljust(width)
+            for j, (cell, width, right) in enumerate(zip(row, widths, numeric, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "| " + " | ".join(
+        ("-" * (w - 1) + ":") if right and j else "-" * w
+        for j, (w, right) in enumerate(zip(widths, numeric, strict=True))
+    )
+    lines = [line(cells[0]), rule + " |", *(line(row) for row in cells[1:])]
+    caption = df.attrs.get(CAPTION_ATTR) if caption is None else caption
+    head = [_markdown_text(caption), ""] if caption else []
+    return "\n".join([*head, *lines]) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    r"""``text`` with LaTeX's special characters escaped and Greek letters as math.
+
+    ``\ & % $ # _ { } ~ ^ < > |`` are escaped; τ, Ψ, ψ, Î, μ, ε, ∅, ≤, ≥ and × become math.
+    """
+    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text)
+
+
+def to_latex(
+    df: pd.DataFrame,
+    caption: str | None = None,
+    *,
+    decimals: int | None = None,
+    baselines: Iterable[str] | None = None,
+    label: str | None = None,
+) -> str:
+    r"""A LaTeX ``table`` (booktabs rules), a ``\midrule`` between measures and baselines.
+
+    Args:
+        df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
+            DataFrame with measure names as index.
+        caption: The caption; None: ``df.attrs["caption"]`` if any.
+        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        baselines: Row labels set below a rule; None: ``df.attrs["baselines"]``.
+        label: The ``\label``; None: ``df.attrs["label"]`` if any.
+
+    Returns:
+        The LaTeX source (needs ``\usepackage{booktabs}``), missing values shown as ``N/A``.
+    """
+    headers, numeric, rows = _rows(df, decimals)
+    measures, base = _split(rows, _baseline_set(df, baselines))
+    caption = df.attrs.get(CAPTION_ATTR) if caption is None else caption
+    label = df.attrs.get(LABEL_ATTR) if label is None else label
+    spec = "".join("r" if right and j else "l" for j, right in enumerate(numeric))
+
+    def line(name: str, values: list[str | None]) -> str:
+        cells = [latex_escape(name), *(latex_escape(v) if v else "N/A" for v in values)]
+        return " & ".join(cells) + r" \\"
+
+    head = " & ".join(_LATEX_HEADERS.get(h, latex_escape(h)) for h in headers) + r" \\"
+    lines = [
+        r"% Requires \usepackage{booktabs}.",
+        r"\begin{table}[htbp]",
+        r"\centering",
+    ]
+    if caption:
+        lines.append(r"\caption{" + latex_escape(caption) + "}")
+    if label:
+        lines.append(r"\label{" + latex_escape(label) + "}")
+    lines += [r"\begin{tabular}{" + spec + "}", r"\toprule", head, r"\midrule"]
+    lines += [line(name, values) for name, values in measures]
+    if measures and base:
+        lines.append(r"\midrule")
+    lines += [line(name, values) for name, values in base]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(
+    df: pd.DataFrame,
+    caption: str | None = None,
+    *,
+    decimals: int | None = None,
+    baselines: Iterable[str] | None = None,
+) -> str:
+    """An HTML ``<table>``, baselines in their own ``<tbody class="baselines">``.
+
+    Args:
+        df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
+            DataFrame with measure names as index.
+        caption: The ``<caption>``; None: ``df.attrs["caption"]`` if any.
+        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        baselines: Row labels set in the second body; None: ``df.attrs["baselines"]``.
+
+    Returns:
+        The HTML, every text escaped, missing values shown as ``N/A``.
+    """
+    headers, numeric, rows = _rows(df, decimals)
+    measures, base = _split(rows, _baseline_set(df, baselines))
+    caption = df.attrs.get(CAPTION_ATTR) if caption is None else caption
+    esc = html.escape
+
+    def line(name: str, values: list[str | None]) -> str:
+        cells = [f'<th scope="row">{esc(name)}</th>']
+        for value, right in zip(values, numeric[1:], strict=True):
+            css = ' class="num"' if right else ""
+            cells.append(f"<td{css}>{esc(value) if value else 'N/A'}</td>")
+        return "<tr>" + "".join(cells) + "</tr>"
+
+    parts = ["<table>"]
+    if caption:
+        parts.append(f"<caption>{esc(caption)}</caption>")
+    parts.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>")
+    parts.append("<tbody>" + "".join(line(n, v) for n, v in measures) + "</tbody>")
+    if base:
+        parts.append(
+            '<tbody class="baselines">' + "".join(line(n, v) for n, v in base) + "</tbody>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """The table as CSV text via pandas: full precision, missing values empty."""
+    return df.to_csv(na_rep="", lineterminator="\n")
+
+
+def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
+    """The compact table printed after a study: τ, Ψ and K of every measure and baseline.
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+        name_width: Longest row label shown; longer ones are cut with ``…``.
+
+    Returns:
+        A first line stating that τ is Kendall's τ-a and how many models were scored and
+        excluded, then one line per measure, a rule, one line per oracle and the random
+        measure (at most ``name_width + 30`` characters wide; missing values read ``N/A``), and
+        a last line with the canonical orderings' ψ of their own types.
+    """
+    width = max(len("measure"), min(name_width, max((len(r) for r in ev.ranks.index), default=0)))
+    line = f"{{:<{width}}}  {{:>8}}  {{:>8}}  {{:>8}}"
+
+    def row(name: str) -> str:
+        tau = ev.ranks.at[name, "tau"] if name in ev.ranks.index else np.nan
+        psi = ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan
+        k = ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan
+        cells = [format_number(v, d) or "N/A" for v, d in ((tau, 3), (psi, 3), (k, 4))]
+        return line.format(_shorten(name, width), *cells)
+
+    head = (
+        f"{TAU_A}. {ev.models} models scored, {ev.excluded} excluded (not finished)"
+        + (f", measures with NaN values: {len(ev.dropped)}" if ev.dropped else "")
+        + "."
+    )
+    lines = [head, line.format("measure", "τ", "Ψ", "K")]
+    measures = [m for m in ev.ranks.index if m not in ev.baselines]
+    lines += [row(name) for name in measures]
+    lines.append("-" * len(lines[1]))
+    lines += [
+        row(name)
+        for name in ev.baselines
+        if name != CANONICAL_ROW and (name in ev.ranks.index or name in ev.cmi.index)
+    ]
+    if CANONICAL_ROW in ev.ranks.index:
+        own = ev.ranks.loc[CANONICAL_ROW, list(ev.hparams)].dropna()
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in own.items())
+        lines.append(f"{CANONICAL_ROW} (ψ of each type's own order): {scores or 'N/A'}")
+    return "\n".join(lines)
+
+
+def _shorten(name: str, width: int) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if pd.isna(value):
+        return None
+    return str(value)
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"measure": str(label), **{str(c): _json_value(v) for c, v in row.items()}}
+        for label, row in zip(table.index, table.to_dict(orient="records"), strict=True)
+    ]
+
+
+def summary_json(ev: Evaluation, *, title: str = "", description: str = "") -> str:
+    """The machine-readable summary written as ``summary.json`` (NaN as ``null``).
+
+    The tables are the raw :class:`~genmeasures.evaluate.scoring.Evaluation` tables as records
+    (columns ``tau``, ``Psi``, ``K``, ...; one record per row with its ``measure``).
+    """
+    present, full = ev.coverage
+    content = {
+        "title": title,
+        "description": description,
+        "tau": "Kendall tau-a: ties count 0",
+        "models": ev.models,
+        "excluded": ev.excluded,
+        "dropped": dict(ev.dropped),
+        "coverage": {"present": present, "full": full},
+        "groups": {k: {"used": u, "skipped": s} for k, (u, s) in ev.groups.items()},
+        "gap": ev.gap,
+        "hparams": list(ev.hparams),
+        "architecture": ev.architecture,
+        "measures": list(ev.measures),
+        "baselines": list(ev.baselines),
+        "epsilons": list(ev.epsilons),
+        "draws": ev.draws,
+        "seed": ev.seed,
+        "notes": list(ev.notes),
+        "population_notes": population_notes(ev),
+        "ranks": _records(ev.ranks),
+        "cmi": _records(ev.cmi),
+        "pearson": _records(ev.pearson),
+    }
+    return json.dumps(_json_value(content), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def trends_csv(ev: Evaluation) -> str:
+    """The machine-readable trends written as ``trends.csv`` (Tsuzuku et al. 2020, figures 1-2).
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+
+    Returns:
+        CSV text with the columns :data:`TRENDS_CSV_COLUMNS`: :func:`trend_table` of each of
+        :func:`trend_hparams` one after the other, the hyperparameter named in ``hparam`` and
+        its level in ``level``; only the header when there is no trend axis. Missing values
+        (no series, a std of one model) are empty.
+    """
+    tables = [
+        trend_table(ev, hparam).rename(columns={hparam: "level"}).assign(hparam=hparam)
+        for hparam in trend_hparams(ev)
+    ]
+    columns = list(TRENDS_CSV_COLUMNS)
+    table = pd.concat(tables)[columns] if tables else pd.DataFrame(columns=columns)
+    return table.to_csv(index=False, na_rep="", lineterminator="\n")

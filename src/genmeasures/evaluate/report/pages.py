@@ -1,0 +1,103 @@
+"""The report's pages: ``report.md`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+
+import pandas as pd
+
+from genmeasures.evaluate.report.formats import _markdown_text, to_html, to_markdown
+from genmeasures.evaluate.scoring import Evaluation
+
+
+def _models_sentence(ev: Evaluation) -> str:
+    present, full = ev.coverage
+    text = (
+        f"{ev.models} models scored; {ev.excluded} excluded (did not reach their stopping "
+        f"criterion); {present} of {full} hyperparameter combinations present."
+    )
+    if ev.dropped:
+        text += f" {len(ev.dropped)} measures dropped models with a NaN value."
+    return text
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
+       max-width: 1250px; margin: 2em auto; padding: 0 1em; line-height: 1.4; }
+h1, h2, h3 { font-weight: 600; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+caption { caption-side: top; text-align: left; color: #444; padding-bottom: 0.4em; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #e2e2e2; }
+thead th { border-bottom: 2px solid #555; text-align: left; }
+th[scope=row] { text-align: left; font-weight: normal; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody.baselines tr:first-child th, tbody.baselines tr:first-child td {
+  border-top: 2px solid #555; }
+tbody.baselines th { font-style: italic; }
+figure { margin: 1em 0 2em; }
+figcaption { color: #444; font-size: 0.9em; }
+img { max-width: 100%; height: auto; }
+.description { white-space: pre-wrap; }
+""".strip()
+
+
+def _html_page(
+    title: str,
+    description: str,
+    ev: Evaluation,
+    tables: Sequence[tuple[str, pd.DataFrame]],
+    figures: Sequence[tuple[str, str, bytes]],
+    population: Sequence[str],
+) -> str:
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>"]
+    if description:
+        body.append(f'<p class="description">{esc(description)}</p>')
+    body.append(f"<p>{esc(_models_sentence(ev))}</p>")
+    if ev.notes:
+        body.append("<h2>Notes</h2>")
+        body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in ev.notes) + "</ul>")
+    for heading, table in tables:
+        body.append(f"<h2>{esc(heading)}</h2>")
+        body.append(to_html(table))
+    body.append("<h2>Figures</h2>")
+    if population:
+        body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in population) + "</ul>")
+    for caption, _, png in figures:
+        data = base64.b64encode(png).decode("ascii")
+        body.append(
+            f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>"
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _markdown_page(
+    title: str,
+    description: str,
+    ev: Evaluation,
+    tables: Sequence[tuple[str, pd.DataFrame]],
+    figures: Sequence[tuple[str, str, bytes]],
+    population: Sequence[str],
+) -> str:
+    lines = [f"# {_markdown_text(title)}", ""]
+    if description:
+        lines += [description.strip(), ""]
+    lines += [_markdown_text(_models_sentence(ev)), ""]
+    if ev.notes:
+        lines += ["## Notes", "", *(f"- {_markdown_text(n)}" for n in ev.notes), ""]
+    for heading, table in tables:
+        lines += [f"## {heading}", "", to_markdown(table)]
+    lines += ["## Figures", ""]
+    if population:
+        lines += [*(f"- {_markdown_text(n)}" for n in population), ""]
+    for caption, path, _ in figures:
+        lines += [f"![{_markdown_text(caption)}]({path})", "", f"*{_markdown_text(caption)}*", ""]
+    return "\n".join(lines)
