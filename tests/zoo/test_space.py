@@ -458,7 +458,7 @@ ERRORS = [
     ({"fixed": {"lr": {"sgd": 0}}}, r"fixed\.lr\.sgd: expected a finite number > 0, received 0"),
     ({"fixed": {"width": {"sgd": 3}}, "grid": {"width": None}}, r"fixed\.width: .*received \{"),
     ({"fixed": {"lr_milestones": [5, 3]}}, r"fixed\.lr_milestones: expected a list of increasing"),
-    ({"fixed": {"dropout": 1.0}}, r"fixed\.dropout: expected a probability in \[0, 1\)"),
+    ({"fixed": {"dropout": 1.0}}, r"fixed\.dropout: expected a number in \[0, 1\)"),
     ({"fixed": {"seed": -1}}, r"fixed\.seed: .*received -1"),
     ({"fixed": {"dataset_options": {"num_samples": 100}}}, r"dataset_options\.num_samples: .*none"),
     ({"fixed": {"preact": True}}, r"fixed\.preact: expected a setting of a space with model 'mlp'"),

@@ -78,9 +78,9 @@ from genmeasures.data import DATASETS, Dataset, list_datasets, load_dataset
 from genmeasures.errors import MeasureError, SpaceError
 from genmeasures.evaluate.baselines import CANONICAL_ORDERS, canonical_rank
 from genmeasures.measures.registry import resolve_measures
-from genmeasures.models import build_model, list_models
-from genmeasures.models.builders import _BadValueError, _spec
+from genmeasures.models import build_model, hyperparameters, list_models
 from genmeasures.seeding import derive_seed
+from genmeasures.validation import Rejected
 from genmeasures.zoo.train import CE_CHECK_MODES, OPTIMIZERS, TrainingConfig
 
 if sys.version_info >= (3, 11):
@@ -242,16 +242,16 @@ _TRAINING_KEYS = tuple(k for k, s in _COMMON_SETTINGS.items() if s.group == "tra
 def _model_settings(model: str) -> dict[str, _Setting]:
     """The hyperparameters of ``model`` (without ``seed``), parsed by the model registry."""
     settings = {}
-    for key, hparam in _spec(model).hparams.items():
+    for key, item in hyperparameters(model).items():
 
-        def parse(value: object, _parse: Callable[[object], object] = hparam.parse) -> Any:
+        def parse(value: object, _parse: Callable[[object], object] = item.constraint.parse) -> Any:
             try:
                 return _parse(value)
-            except _BadValueError:
+            except Rejected:
                 raise _Bad from None
 
-        numeric = isinstance(hparam.default, numbers.Real)
-        settings[key] = _Setting(hparam.expected, parse, hparam.default, "model", numeric)
+        numeric = isinstance(item.default, numbers.Real)
+        settings[key] = _Setting(item.constraint.expected, parse, item.default, "model", numeric)
     clash = sorted(set(settings) & set(_COMMON_SETTINGS))
     if clash:  # pragma: no cover - a registry change would have to introduce it
         raise SpaceError(f"model {model!r}: hyperparameter {clash[0]!r} clashes with a setting")
