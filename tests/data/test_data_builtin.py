@@ -124,11 +124,14 @@ def test_mnist1d_cache_with_wrong_shapes_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"num_samples": 9}, r"num_samples: expected an integer >= 10, received 9"),
-        ({"num_samples": 50.0}, r"num_samples: expected an integer >= 10, received 50.0"),
-        ({"seed": -1}, r"seed: expected an integer in \[0, 4294967295\], received -1"),
-        ({"seed": 2**32}, r"seed: expected an integer in \[0, 4294967295\], received 4294967296"),
-        ({"seed": True}, r"seed: expected an integer .*received True"),
+        (
+            {"num_samples": 9},
+            r"dataset 'mnist1d': num_samples expected an integer >= 10, received 9\.",
+        ),
+        ({"num_samples": 50.0}, r"num_samples expected an integer >= 10, received 50.0"),
+        ({"seed": -1}, r"seed expected an integer in \[0, 4294967295\], received -1"),
+        ({"seed": 2**32}, r"seed expected an integer in \[0, 4294967295\], received 4294967296"),
+        ({"seed": True}, r"seed expected an integer .*received True"),
     ],
 )
 def test_mnist1d_bad_options(tmp_path, options, message):

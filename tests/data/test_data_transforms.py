@@ -107,8 +107,11 @@ def test_randomize_labels_count_is_python_round(fraction, count):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ((torch.arange(5), 5, 1.5, 0), r"fraction: expected a fraction in \[0, 1\], received 1.5"),
-        ((torch.arange(5), 5, 0.5, -1), r"seed: expected an integer in \[0, "),
+        (
+            (torch.arange(5), 5, 1.5, 0),
+            r"randomize_labels: fraction expected a number in \[0, 1\], received 1.5\.",
+        ),
+        ((torch.arange(5), 5, 0.5, -1), r"randomize_labels: seed expected an integer in \[0, "),
         ((torch.arange(5), 4, 0.5, 0), r"labels: expected values in \[0, 3\], found .* to 4"),
         ((torch.rand(5), 5, 0.5, 0), "labels: expected a 1-D integer tensor"),
     ],
@@ -137,5 +140,7 @@ def test_balanced_subset_fails_when_a_class_is_short():
         balanced_subset_indices(labels, 12, 3, seed=0)
     with pytest.raises(DataError, match="train_size: expected at least 4 examples of class 1"):
         balanced_subset_indices(labels, 12, 3, seed=0, parameter="train_size")
-    with pytest.raises(DataError, match="size: expected an integer >= 1, received 0"):
+    with pytest.raises(
+        DataError, match="balanced_subset_indices: size expected an integer >= 1, received 0"
+    ):
         balanced_subset_indices(labels, 0, 3, seed=0)

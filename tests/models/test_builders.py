@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from genmeasures.errors import ModelError
-from genmeasures.models import build_model, default_hparams, list_models, weight_layers
+from genmeasures.models import (
+    build_model,
+    default_hparams,
+    hyperparameters,
+    list_models,
+    weight_layers,
+)
+from genmeasures.validation import Rejected
 
 BUILD_CASES = [
     ("mlp", (40,), {}),
@@ -118,6 +125,21 @@ def test_default_hparams() -> None:
     assert default_hparams("lenet") == {"seed": None}
 
 
+def test_hyperparameters_are_declared_with_constraints() -> None:
+    for name in list_models():
+        declared = hyperparameters(name)
+        assert {key: item.default for key, item in declared.items()} | {
+            "seed": None
+        } == default_hparams(name)
+        for item in declared.values():
+            assert item.constraint.parse(item.default) == item.default
+    wrn_depth = hyperparameters("wrn")["depth"].constraint
+    assert wrn_depth.parse(22) == 22
+    with pytest.raises(Rejected):
+        wrn_depth.parse(12)
+    assert hyperparameters("mlp")["dropout"].constraint.expected == "a number in [0, 1)"
+
+
 def test_mlp_structure() -> None:
     model = build_model("mlp", (1, 4, 4), 3, depth=3, width=9, batchnorm=True, bias=False)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -185,18 +207,18 @@ def test_wrn_structure(preact: bool) -> None:
     ("name", "hparams", "fragments"),
     [
         ("mlp", {"detph": 3}, ["'mlp'", "'detph'", "depth", "Did you mean 'depth'"]),
-        ("mlp", {"width": 0}, ["'mlp'", "'width'", "integer >= 1", "received 0"]),
-        ("mlp", {"depth": 2.0}, ["'mlp'", "'depth'", "integer >= 0", "received 2.0"]),
-        ("mlp", {"dropout": 1.0}, ["'mlp'", "'dropout'", "[0, 1)", "received 1.0"]),
-        ("mlp", {"dropout": "0.1"}, ["'dropout'", "received '0.1'"]),
-        ("mlp", {"batchnorm": 1}, ["'batchnorm'", "bool", "received 1"]),
+        ("mlp", {"width": 0}, ["model 'mlp': width expected an integer >= 1, received 0."]),
+        ("mlp", {"depth": 2.0}, ["model 'mlp': depth expected an integer >= 0", "received 2.0"]),
+        ("mlp", {"dropout": 1.0}, ["'mlp': dropout expected", "[0, 1)", "received 1.0"]),
+        ("mlp", {"dropout": "0.1"}, ["dropout expected", "received '0.1'"]),
+        ("mlp", {"batchnorm": 1}, ["batchnorm expected true or false, received 1."]),
         ("lenet", {"width": 4}, ["'lenet'", "unknown hyperparameter 'width'", "seed"]),
-        ("nin", {"depth": 0}, ["'nin'", "'depth'", "integer >= 1", "received 0"]),
-        ("nin", {"width": True}, ["'nin'", "'width'", "received True"]),
-        ("wrn", {"depth": 12}, ["'wrn'", "'depth'", "divisible by 6", "received 12"]),
-        ("wrn", {"preact": "no"}, ["'wrn'", "'preact'", "received 'no'"]),
-        ("wrn", {"seed": -1}, ["'wrn'", "'seed'", "received -1"]),
-        ("wrn", {"seed": 1.5}, ["'seed'", "received 1.5"]),
+        ("nin", {"depth": 0}, ["model 'nin': depth expected an integer >= 1, received 0."]),
+        ("nin", {"width": True}, ["'nin': width expected", "received True"]),
+        ("wrn", {"depth": 12}, ["'wrn': depth expected", "divisible by 6", "received 12"]),
+        ("wrn", {"preact": "no"}, ["'wrn': preact expected", "received 'no'"]),
+        ("wrn", {"seed": -1}, ["'wrn': seed expected None or an integer in [0, ", "received -1"]),
+        ("wrn", {"seed": 1.5}, ["seed expected", "received 1.5"]),
     ],
 )
 def test_bad_hparams(name: str, hparams: dict, fragments: list[str]) -> None:
@@ -213,9 +235,9 @@ def test_bad_hparams(name: str, hparams: dict, fragments: list[str]) -> None:
         ("lenet", (1, 3, 8), 10, ">= 4"),
         ("nin", (1, 2, 3, 4), 10, "(C, H, W), (C, L) or (L,)"),
         ("mlp", (), 10, "input_shape"),
-        ("mlp", (3, 0), 10, "positive integers"),
+        ("mlp", (3, 0), 10, "input_shape expected a non-empty sequence of positive integers"),
         ("mlp", "32", 10, "input_shape"),
-        ("mlp", (4,), 0, "num_classes"),
+        ("mlp", (4,), 0, "num_classes expected an integer >= 1, received 0."),
         ("mlp", (4,), 2.0, "num_classes"),
         ("wrm", (4,), 3, "Did you mean 'wrn'"),
     ],

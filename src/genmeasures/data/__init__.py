@@ -25,13 +25,20 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from genmeasures.data import transforms
-from genmeasures.data._checks import check_fraction, check_int, check_optional_size
 from genmeasures.data.builtin import load_digits, load_mnist1d
 from genmeasures.data.dataset import Dataset
 from genmeasures.data.files import load_cifar10, load_mnist, load_svhn
 from genmeasures.errors import DataError
+from genmeasures.validation import Flag, Maybe, OneOf, Settings, build, check, rejection, setting
 
-__all__ = ["DATASETS", "Dataset", "DatasetSpec", "list_datasets", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetOptions",
+    "DatasetSpec",
+    "list_datasets",
+    "load_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,38 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
 )
 
 
+@dataclass(frozen=True)
+class DatasetOptions(Settings):
+    """The preprocessing options of :func:`load_dataset`, declared once with their constraints.
+
+    Attributes:
+        normalize: Standardize both splits with training statistics.
+        random_labels: Fraction of training labels replaced by random labels.
+        label_seed: Seed of the label corruption.
+        train_size: Size of a class-balanced subset of the training split (None: all of it).
+        test_size: Same for the test split.
+        subset_seed: Seed of both subsets.
+    """
+
+    WHERE = "load_dataset"
+    ERROR = DataError
+
+    normalize: bool = setting(
+        False, Flag(), "standardize both splits with statistics of the training inputs"
+    )
+    random_labels: float = setting(
+        0.0, transforms.FRACTION, "fraction of training labels replaced by random labels"
+    )
+    label_seed: int = setting(0, transforms.SEED, "seed of the label corruption")
+    train_size: int | None = setting(
+        None, Maybe(transforms.COUNT), "class-balanced subset of the training split (None: all)"
+    )
+    test_size: int | None = setting(
+        None, Maybe(transforms.COUNT), "class-balanced subset of the test split (None: all)"
+    )
+    subset_seed: int = setting(0, transforms.SEED, "seed of both subsets")
+
+
 def list_datasets() -> list[str]:
     """Return the names accepted by :func:`load_dataset`, sorted.
 
@@ -141,24 +180,32 @@ def load_dataset(
             received), or the data cannot be read.
     """
     spec = _get_spec(name)
-    if not isinstance(normalize, bool):
-        raise DataError(f"normalize: expected True or False, received {normalize!r}.")
-    random_labels = check_fraction("random_labels", random_labels)
-    label_seed = check_int("label_seed", label_seed, minimum=0, maximum=transforms.MAX_SEED)
-    subset_seed = check_int("subset_seed", subset_seed, minimum=0, maximum=transforms.MAX_SEED)
-    train_size = check_optional_size("train_size", train_size)
-    test_size = check_optional_size("test_size", test_size)
+    where = f"dataset {name!r}"
+    options = build(
+        DatasetOptions,
+        {
+            "normalize": normalize,
+            "random_labels": random_labels,
+            "label_seed": label_seed,
+            "train_size": train_size,
+            "test_size": test_size,
+            "subset_seed": subset_seed,
+        },
+        where=where,
+    )
+    normalize, random_labels = options.normalize, options.random_labels
+    label_seed, subset_seed = options.label_seed, options.subset_seed
+    train_size, test_size = options.train_size, options.test_size
     unknown = sorted(set(generator_options) - set(spec.options))
     if unknown:
         accepted = ", ".join(spec.options) if spec.options else "none"
         raise DataError(
-            f"{unknown[0]}: unknown generator option for dataset {name!r}; expected one of: "
-            f"{accepted}; received {', '.join(unknown)}."
+            f"{where}: unknown generator option(s) {', '.join(unknown)}; accepted: {accepted}."
         )
     if root is not None and not isinstance(root, str | os.PathLike):
-        raise DataError(f"root: expected a folder path or None, received {root!r}.")
+        raise DataError(rejection(where, "root", "a folder path or None", root))
     if spec.root == "required" and root is None:
-        raise DataError(f"root: expected the folder holding the {name} files, received None.")
+        raise DataError(rejection(where, "root", f"the folder holding the {name} files", None))
 
     if spec.root == "unused":
         raw = spec.loader(**generator_options)
@@ -231,6 +278,7 @@ def load_dataset(
 
 
 def _get_spec(name: object) -> DatasetSpec:
-    if not isinstance(name, str) or name not in DATASETS:
-        raise DataError(f"name: expected one of {', '.join(list_datasets())}, received {name!r}.")
-    return DATASETS[name]
+    check(
+        name, OneOf(tuple(list_datasets())), where="load_dataset", parameter="name", error=DataError
+    )
+    return DATASETS[name]  # type: ignore[index]

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from genmeasures.data._checks import check_int
 from genmeasures.data.dataset import Dataset
 from genmeasures.errors import DataError
+from genmeasures.validation import Integer, check
 
 MNIST1D_NUM_CLASSES = 10
 MNIST1D_LENGTH = 40
@@ -73,8 +73,15 @@ def load_mnist1d(
         DataError: If an argument is invalid, the cache folder cannot be written, or an existing
             cache file cannot be read.
     """
-    num_samples = check_int("num_samples", num_samples, minimum=MNIST1D_NUM_CLASSES)
-    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    where = "dataset 'mnist1d'"
+    num_samples = check(
+        num_samples,
+        Integer(MNIST1D_NUM_CLASSES),
+        where=where,
+        parameter="num_samples",
+        error=DataError,
+    )
+    seed = check(seed, Integer(0, 2**32 - 1), where=where, parameter="seed", error=DataError)
     import mnist1d.data  # imported here: it pulls in matplotlib
 
     args = mnist1d.data.get_dataset_args(as_dict=True)

@@ -11,11 +11,16 @@ from typing import Any
 
 import torch
 
-from genmeasures.data._checks import check_fraction, check_int
 from genmeasures.errors import DataError
+from genmeasures.validation import Integer, Real, check
 
 #: Seeds are passed to :meth:`torch.Generator.manual_seed`, which accepts 64-bit values.
 MAX_SEED = 2**64 - 1
+
+#: What the transforms' arguments accept (:mod:`genmeasures.validation`).
+SEED = Integer(0, MAX_SEED)
+FRACTION = Real(0.0, 1.0)
+COUNT = Integer(1)
 
 
 def normalize(
@@ -113,9 +118,10 @@ def randomize_labels(
     Raises:
         DataError: If an argument is invalid or a label lies outside ``[0, num_classes)``.
     """
-    num_classes = check_int("num_classes", num_classes, minimum=1)
-    fraction = check_fraction("fraction", fraction)
-    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    where = "randomize_labels"
+    num_classes = check(num_classes, COUNT, where=where, parameter="num_classes", error=DataError)
+    fraction = check(fraction, FRACTION, where=where, parameter="fraction", error=DataError)
+    seed = check(seed, SEED, where=where, parameter="seed", error=DataError)
     _check_labels(labels, num_classes)
     generator = torch.Generator().manual_seed(seed)
     count = round(fraction * labels.shape[0])
@@ -151,9 +157,10 @@ def balanced_subset_indices(
         DataError: If an argument is invalid, a label lies outside ``[0, num_classes)``, or a class
             has fewer examples than its share of ``size``.
     """
-    size = check_int(parameter, size, minimum=1)
-    num_classes = check_int("num_classes", num_classes, minimum=1)
-    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    where = "balanced_subset_indices"
+    size = check(size, COUNT, where=where, parameter=parameter, error=DataError)
+    num_classes = check(num_classes, COUNT, where=where, parameter="num_classes", error=DataError)
+    seed = check(seed, SEED, where=where, parameter="seed", error=DataError)
     _check_labels(labels, num_classes)
     generator = torch.Generator().manual_seed(seed)
     per_class, remainder = divmod(size, num_classes)

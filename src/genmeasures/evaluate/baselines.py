@@ -24,6 +24,9 @@ from genmeasures.seeding import derive_seed
 #: expected to grow with the value, ``"decreasing"`` the opposite, a tuple lists the values from
 #: the smallest to the largest expected gap. Random labels and training-set size follow Zhang et
 #: al. 2017 and the usual sample-size dependence of the gap.
+#: Declared here, once, because :func:`~genmeasures.evaluate.score_table` needs them for a plain
+#: table (scored without a space) and the evaluation imports neither the zoo nor torch; a zoo
+#: space reads them for the types its model knows (:mod:`genmeasures.zoo.space.canonical`).
 CANONICAL_ORDERS: Mapping[str, str | tuple[Any, ...]] = {
     "batch_size": "increasing",
     "depth": "decreasing",

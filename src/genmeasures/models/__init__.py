@@ -1,23 +1,28 @@
 """Model builders (``mlp``, ``lenet``, ``nin``, ``wrn``) and the network surgery the measures need.
 
-- :func:`build_model` / :func:`list_models` / :func:`default_hparams`: the model registry.
-- :func:`fold_batchnorm`: merge every BatchNorm into the Linear/Conv layer before it (Jiang et al.
-  2020, appendix C.1; MEASURES.md §1.2).
-- :func:`weight_layers`: the weight layers in forward order, as :class:`WeightLayer` records with
-  their :class:`ConvGeometry` and recorded input shape (MEASURES.md §2.2).
-- :func:`uses_piecewise_linear_activations`: whether the network is piecewise linear.
+- :func:`build_model` / :func:`list_models` / :func:`default_hparams` /
+  :func:`hyperparameters` (each model's hyperparameters declared with
+  :mod:`genmeasures.validation` constraints): the model registry (``builders``).
+- :func:`fold_batchnorm` (``folding``): merge every BatchNorm into the Linear/Conv layer before
+  it (Jiang et al. 2020, appendix C.1; MEASURES.md §1.2).
+- :func:`weight_layers` (``layers``): the weight layers in forward order, as :class:`WeightLayer`
+  records with their :class:`ConvGeometry` and recorded input shape (MEASURES.md §2.2).
+- :func:`uses_piecewise_linear_activations` (``linearity``): whether the network is piecewise
+  linear.
+- ``probe``: the eval-mode forward pass of zeros that ``layers`` and ``folding`` read.
 """
 
 from __future__ import annotations
 
-from genmeasures.models.builders import build_model, default_hparams, list_models
-from genmeasures.models.surgery import (
-    ConvGeometry,
-    WeightLayer,
-    fold_batchnorm,
-    uses_piecewise_linear_activations,
-    weight_layers,
+from genmeasures.models.builders import (
+    build_model,
+    default_hparams,
+    hyperparameters,
+    list_models,
 )
+from genmeasures.models.folding import fold_batchnorm
+from genmeasures.models.layers import ConvGeometry, WeightLayer, weight_layers
+from genmeasures.models.linearity import uses_piecewise_linear_activations
 
 __all__ = [
     "ConvGeometry",
@@ -25,6 +30,7 @@ __all__ = [
     "build_model",
     "default_hparams",
     "fold_batchnorm",
+    "hyperparameters",
     "list_models",
     "uses_piecewise_linear_activations",
     "weight_layers",

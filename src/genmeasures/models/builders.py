@@ -21,24 +21,43 @@ from __future__ import annotations
 
 import difflib
 import math
-import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from genmeasures.errors import ModelError
+from genmeasures.validation import (
+    Custom,
+    Declared,
+    Flag,
+    Integer,
+    Maybe,
+    Real,
+    Rejected,
+    Settings,
+    build,
+    check,
+    declared,
+    rejection,
+    setting,
+)
 
 __all__ = [
+    "SEED",
     "AddChannelDim",
+    "LeNetHyperparameters",
+    "MLPHyperparameters",
+    "NiNHyperparameters",
     "PostActBasicBlock",
     "PreActBasicBlock",
+    "WRNHyperparameters",
     "build_model",
     "default_hparams",
+    "hyperparameters",
     "list_models",
 ]
 
@@ -300,67 +319,70 @@ def _build_wrn(
     return nn.Sequential(OrderedDict(layers))
 
 
-class _BadValueError(ValueError):
-    """A hyperparameter value that does not parse (internal; reported as a ModelError)."""
+def _wrn_depth(value: object) -> int:
+    depth = Integer(10).parse(value)
+    if (depth - 4) % 6 != 0:
+        raise Rejected
+    return depth
+
+
+_DROPOUT = Real(0.0, 1.0, open_maximum=True)
+_WIDTH = Integer(1)
+
+#: The hyperparameter every model accepts besides its own (see the module docstring).
+SEED = Maybe(Integer(0, 2**64 - 1))
 
 
 @dataclass(frozen=True)
-class _HParam:
-    """One hyperparameter: its default, what it accepts (in words) and how to parse a value."""
+class MLPHyperparameters(Settings):
+    """Hyperparameters of ``mlp`` (see :func:`build_model`)."""
 
-    default: object
-    expected: str
-    parse: Callable[[object], object]
+    WHERE = "model 'mlp'"
+    ERROR = ModelError
 
-
-def _int_hparam(default: int, minimum: int) -> _HParam:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise _BadValueError
-        return int(value)
-
-    return _HParam(default, f"an integer >= {minimum}", parse)
+    depth: int = setting(2, Integer(0), "number of hidden layers")
+    width: int = setting(512, _WIDTH, "units per hidden layer")
+    dropout: float = setting(0.0, _DROPOUT, "dropout probability after each hidden ReLU")
+    batchnorm: bool = setting(False, Flag(), "BatchNorm1d after each hidden Linear")
+    bias: bool = setting(True, Flag(), "Linear layers with a bias")
 
 
-def _dropout_hparam() -> _HParam:
-    def parse(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise _BadValueError
-        if not 0.0 <= float(value) < 1.0:
-            raise _BadValueError
-        return float(value)
+@dataclass(frozen=True)
+class LeNetHyperparameters(Settings):
+    """``lenet`` has no hyperparameters besides ``seed``."""
 
-    return _HParam(0.0, "a probability in [0, 1)", parse)
+    WHERE = "model 'lenet'"
+    ERROR = ModelError
 
 
-def _bool_hparam(default: bool) -> _HParam:
-    def parse(value: object) -> bool:
-        if not isinstance(value, bool):
-            raise _BadValueError
-        return value
+@dataclass(frozen=True)
+class NiNHyperparameters(Settings):
+    """Hyperparameters of ``nin`` (see :func:`build_model`)."""
 
-    return _HParam(default, "a bool (True or False)", parse)
+    WHERE = "model 'nin'"
+    ERROR = ModelError
 
-
-def _parse_seed(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _BadValueError
-    if not 0 <= value < 2**64:
-        raise _BadValueError
-    return int(value)
+    depth: int = setting(2, Integer(1), "number of NiN-blocks")
+    width: int = setting(192, _WIDTH, "output channels per block")
+    dropout: float = setting(0.0, _DROPOUT, "dropout probability at the end of each block")
+    batchnorm: bool = setting(True, Flag(), "BatchNorm after each convolution of a block")
 
 
-def _parse_wrn_depth(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _BadValueError
-    if value < 10 or (value - 4) % 6 != 0:
-        raise _BadValueError
-    return int(value)
+@dataclass(frozen=True)
+class WRNHyperparameters(Settings):
+    """Hyperparameters of ``wrn`` (see :func:`build_model`)."""
 
+    WHERE = "model 'wrn'"
+    ERROR = ModelError
 
-_SEED = _HParam(None, "None or an integer in [0, 2**64)", _parse_seed)
+    depth: int = setting(
+        16,
+        Custom("an integer >= 10 with depth - 4 divisible by 6", _wrn_depth),
+        "depth 6n + 4 of WRN-depth-width",
+    )
+    width: int = setting(4, _WIDTH, "widen factor")
+    dropout: float = setting(0.0, _DROPOUT, "dropout probability between a block's convolutions")
+    preact: bool = setting(True, Flag(), "pre-activation blocks (the original WRN)")
 
 
 @dataclass(frozen=True)
@@ -368,41 +390,14 @@ class _ModelSpec:
     """A registered model: its builder and its hyperparameters (``seed`` is handled centrally)."""
 
     build: Callable[..., nn.Module]
-    hparams: Mapping[str, _HParam]
+    hparams: type[Settings]
 
 
 _REGISTRY: dict[str, _ModelSpec] = {
-    "mlp": _ModelSpec(
-        _build_mlp,
-        {
-            "depth": _int_hparam(2, 0),
-            "width": _int_hparam(512, 1),
-            "dropout": _dropout_hparam(),
-            "batchnorm": _bool_hparam(False),
-            "bias": _bool_hparam(True),
-        },
-    ),
-    "lenet": _ModelSpec(_build_lenet, {}),
-    "nin": _ModelSpec(
-        _build_nin,
-        {
-            "depth": _int_hparam(2, 1),
-            "width": _int_hparam(192, 1),
-            "dropout": _dropout_hparam(),
-            "batchnorm": _bool_hparam(True),
-        },
-    ),
-    "wrn": _ModelSpec(
-        _build_wrn,
-        {
-            "depth": _HParam(
-                16, "an integer >= 10 with depth - 4 divisible by 6", _parse_wrn_depth
-            ),
-            "width": _int_hparam(4, 1),
-            "dropout": _dropout_hparam(),
-            "preact": _bool_hparam(True),
-        },
-    ),
+    "mlp": _ModelSpec(_build_mlp, MLPHyperparameters),
+    "lenet": _ModelSpec(_build_lenet, LeNetHyperparameters),
+    "nin": _ModelSpec(_build_nin, NiNHyperparameters),
+    "wrn": _ModelSpec(_build_wrn, WRNHyperparameters),
 }
 
 
@@ -416,9 +411,22 @@ def _spec(name: object) -> _ModelSpec:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ModelError(
-            f"unknown model {name!r}; expected one of {', '.join(list_models())}.{hint}"
+            rejection("build_model", "name", f"one of {', '.join(list_models())}", name) + hint
         )
     return _REGISTRY[name]
+
+
+def hyperparameters(name: str) -> dict[str, Declared]:
+    """The declared hyperparameters of model ``name`` except ``seed``, in declaration order.
+
+    Each :class:`~genmeasures.validation.Declared` holds the default, the constraint (what the
+    hyperparameter accepts) and one line of documentation; :func:`build_model` checks its keyword
+    arguments against them, and a zoo space reads them to check a grid before building anything.
+
+    Raises:
+        ModelError: If ``name`` is not a registered model.
+    """
+    return declared(_spec(name).hparams)
 
 
 def default_hparams(name: str) -> dict[str, object]:
@@ -427,24 +435,18 @@ def default_hparams(name: str) -> dict[str, object]:
     Raises:
         ModelError: If ``name`` is not a registered model.
     """
-    return {key: hp.default for key, hp in _spec(name).hparams.items()} | {"seed": None}
+    return {key: item.default for key, item in hyperparameters(name).items()} | {"seed": None}
 
 
-def _check_input_shape(name: str, input_shape: object) -> tuple[int, ...]:
-    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-        raise ModelError(
-            f"model {name!r}: input_shape must be a sequence of positive integers (one example, "
-            f"no batch dimension), received {input_shape!r}."
-        )
-    shape = tuple(input_shape)
-    if not shape or any(
-        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape
-    ):
-        raise ModelError(
-            f"model {name!r}: input_shape must be a non-empty sequence of positive integers (one "
-            f"example, no batch dimension), received {input_shape!r}."
-        )
-    return tuple(int(s) for s in shape)
+def _input_shape(value: object) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise Rejected
+    return tuple(Integer(1).parse(size) for size in value)
+
+
+_INPUT_SHAPE = Custom(
+    "a non-empty sequence of positive integers (one example, no batch dimension)", _input_shape
+)
 
 
 @contextmanager
@@ -504,35 +506,24 @@ def build_model(
             the parameter, what was expected and what was received.
     """
     spec = _spec(name)
-    shape = _check_input_shape(name, input_shape)
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 1
-    ):
-        raise ModelError(
-            f"model {name!r}: num_classes must be an integer >= 1, received {num_classes!r}."
-        )
-    known = {**spec.hparams, "seed": _SEED}
-    values: dict[str, Any] = {}
-    for key, value in hparams.items():
+    where = f"model {name!r}"
+    shape = check(input_shape, _INPUT_SHAPE, where=where, parameter="input_shape", error=ModelError)
+    num_classes = check(
+        num_classes, Integer(1), where=where, parameter="num_classes", error=ModelError
+    )
+    given = dict(hparams)
+    seed = check(given.pop("seed", None), SEED, where=where, parameter="seed", error=ModelError)
+    known = hyperparameters(name)
+    for key, value in given.items():
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            close = difflib.get_close_matches(key, [*known, "seed"], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ModelError(
-                f"model {name!r}: unknown hyperparameter {key!r} (received {key}={value!r}); "
-                f"expected one of {', '.join(sorted(known))}.{hint}"
+                f"{where}: unknown hyperparameter {key!r} (received {key}={value!r}); "
+                f"accepted: {', '.join(sorted([*known, 'seed']))}.{hint}"
             )
-        try:
-            values[key] = known[key].parse(value)
-        except _BadValueError:
-            raise ModelError(
-                f"model {name!r}: hyperparameter {key!r} must be {known[key].expected}, "
-                f"received {value!r}."
-            ) from None
-    seed = values.pop("seed", None)
-    kwargs = {key: values.get(key, hp.default) for key, hp in spec.hparams.items()}
+    kwargs = build(spec.hparams, given).as_dict()
     with _seeded(seed):
-        model = spec.build(shape, int(num_classes), **kwargs)
+        model = spec.build(shape, num_classes, **kwargs)
     model.input_shape = shape
     return model

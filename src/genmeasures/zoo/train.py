@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from torch import nn
 from genmeasures.data import Dataset
 from genmeasures.errors import TrainingError
 from genmeasures.seeding import derive_seed
+from genmeasures.validation import IncreasingIntegers, Integer, OneOf, Real, Settings, setting
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 CE_CHECK_MODES = ("minibatch", "full")
@@ -45,16 +45,8 @@ ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = (
 CheckCallback = Callable[[int, float], None]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Settings):
     """How one model is trained (Jiang et al. 2020, appendix C.3).
 
     Attributes:
@@ -82,50 +74,25 @@ class TrainingConfig:
         TrainingError: naming the field, for a value of the wrong type or out of range.
     """
 
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    batch_size: int = 64
-    l2: float = 0.0
-    weight_decay: float = 0.0
-    lr_milestones: tuple[int, ...] = ()
-    target_ce: float = 0.01
-    max_epochs: int = 300
-    check_every: int = 100
-    check_batches: int = 100
-    ce_check: str = "minibatch"
-    seed: int = 0
+    WHERE = "training settings"
+    ERROR = TrainingError
 
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.ce_check not in CE_CHECK_MODES:
-            raise TrainingError(f"ce_check must be one of {CE_CHECK_MODES}, got {self.ce_check!r}")
-        for name in ("lr", "target_ce"):
-            value = getattr(self, name)
-            if not (_is_real(value) and math.isfinite(value) and value > 0):
-                raise TrainingError(f"{name} must be a finite positive number, got {value!r}")
-        for name in ("l2", "weight_decay"):
-            value = getattr(self, name)
-            if not (_is_real(value) and math.isfinite(value) and value >= 0):
-                raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
-        milestones = self.lr_milestones
-        if isinstance(milestones, list):  # as read back from JSON
-            milestones = tuple(milestones)
-            object.__setattr__(self, "lr_milestones", milestones)
-        if not (
-            isinstance(milestones, tuple)
-            and all(_is_int(t) and t >= 1 for t in milestones)
-            and list(milestones) == sorted(set(milestones))
-        ):
-            raise TrainingError(
-                f"lr_milestones must be a tuple of increasing positive ints, got {milestones!r}"
-            )
-        for name in ("batch_size", "max_epochs", "check_every", "check_batches"):
-            value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
-                raise TrainingError(f"{name} must be a positive int, got {value!r}")
-        if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
-            raise TrainingError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
+    optimizer: str = setting("sgd", OneOf(OPTIMIZERS), "the optimizer")
+    lr: float = setting(0.01, Real(0.0, open_minimum=True), "initial learning rate")
+    batch_size: int = setting(64, Integer(1), "training batch size")
+    l2: float = setting(0.0, Real(0.0), "coefficient of the L2 penalty added to the loss")
+    weight_decay: float = setting(0.0, Real(0.0), "coefficient of decoupled weight decay")
+    lr_milestones: tuple[int, ...] = setting(
+        (), IncreasingIntegers(1, "steps"), "steps at which the learning rate is multiplied by 0.1"
+    )
+    target_ce: float = setting(
+        0.01, Real(0.0, open_minimum=True), "stop at the first check at or below this"
+    )
+    max_epochs: int = setting(300, Integer(1), "budget in epochs")
+    check_every: int = setting(100, Integer(1), "optimizer updates between loss checks")
+    check_batches: int = setting(100, Integer(1), "minibatches per loss estimate")
+    ce_check: str = setting("minibatch", OneOf(CE_CHECK_MODES), "how the loss is estimated")
+    seed: int = setting(0, Integer(0, 2**64 - 1), "run seed")
 
 
 @dataclass
