@@ -41,7 +41,7 @@ from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
 from genmeasures.zoo.evaluating import evaluate_zoo, write_zoo_report
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
-from genmeasures.zoo.space import Config, list_presets, load_space
+from genmeasures.zoo.space import CANONICAL_ORDERS, Config, list_presets, load_space
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
 
@@ -366,6 +366,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.measures,
             gap=args.gap,
             hparams=[name.strip() for name in args.hparams.split(",") if name.strip()],
+            canonical=CANONICAL_ORDERS,
             architecture=args.architecture,
             draws=args.draws,
             seed=args.baseline_seed,

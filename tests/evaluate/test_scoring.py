@@ -21,6 +21,14 @@ from genmeasures.evaluate import (
 from genmeasures.evaluate.scoring import CANONICAL_ROW, CMI_COLUMNS, RANDOM_ROW, RANK_COLUMNS
 
 HPARAMS = ["lr", "width", "depth", "dropout"]
+#: The canonical orders of these types (the zoo declares the same defaults, appendix C.4).
+ORDERS = {
+    "lr": "decreasing",
+    "width": "decreasing",
+    "depth": "decreasing",
+    "dropout": "decreasing",
+    "optimizer": ("sgd", "adam", "rmsprop"),
+}
 
 
 def grid_table(seed: int = 0) -> pd.DataFrame:
@@ -51,7 +59,13 @@ def grid_table(seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def evaluation():
-    return score_table(grid_table(), ["sharpness", "norm", "width_rank"], hparams=HPARAMS, draws=3)
+    return score_table(
+        grid_table(),
+        ["sharpness", "norm", "width_rank"],
+        hparams=HPARAMS,
+        canonical=ORDERS,
+        draws=3,
+    )
 
 
 def test_rows_and_columns(evaluation):
@@ -98,7 +112,7 @@ def test_measure_rows_match_the_single_scores(evaluation):
 
 def test_canonical_row(evaluation):
     row = evaluation.ranks.loc[CANONICAL_ROW]
-    # lr, width, depth and dropout are all "decreasing" by default, like the table's gap.
+    # lr, width, depth and dropout are all "decreasing", like the table's gap.
     for hparam in HPARAMS:
         assert row[hparam] > 0.5
     assert math.isnan(row["tau"]) and math.isnan(row["Psi"])
@@ -116,7 +130,7 @@ def test_canonical_only_in_its_own_columns():
     row = ev.ranks.loc[CANONICAL_ROW]
     assert row.drop("depth").isna().all()
     # "increasing" depth is the opposite of the table's trend: ψ_depth = −(default's ψ_depth).
-    default = score_table(table, ["sharpness"], hparams=HPARAMS, epsilons=())
+    default = score_table(table, ["sharpness"], hparams=HPARAMS, canonical=ORDERS, epsilons=())
     assert row["depth"] == pytest.approx(-default.ranks.loc[CANONICAL_ROW, "depth"], abs=1e-15)
 
 
@@ -142,8 +156,8 @@ def test_canonical_tuple_and_bad_order():
     # The optimizer takes dropout's place: sgd, adam, rmsprop for dropout 0, 0.25, 0.5.
     table["optimizer"] = table["dropout"].map({0.0: "sgd", 0.25: "adam", 0.5: "rmsprop"})
     names = ["lr", "width", "depth", "optimizer"]
-    ev = score_table(table, ["sharpness"], hparams=names, epsilons=())
-    default = score_table(table, ["sharpness"], hparams=HPARAMS, epsilons=())
+    ev = score_table(table, ["sharpness"], hparams=names, canonical=ORDERS, epsilons=())
+    default = score_table(table, ["sharpness"], hparams=HPARAMS, canonical=ORDERS, epsilons=())
     # SGD < Adam < RMSProp ranks the models in the opposite order of "more dropout, less gap".
     assert ev.ranks.loc[CANONICAL_ROW, "optimizer"] == pytest.approx(
         -default.ranks.loc[CANONICAL_ROW, "dropout"], abs=1e-15
@@ -155,6 +169,11 @@ def test_canonical_tuple_and_bad_order():
         )
     with pytest.raises(EvaluationError, match="needs numeric values"):
         score_table(table, ["sharpness"], hparams=names, canonical={"optimizer": "increasing"})
+
+
+def test_no_canonical_orders_no_canonical_row():
+    ev = score_table(grid_table(), ["sharpness"], hparams=HPARAMS, epsilons=())
+    assert ev.ranks.loc[CANONICAL_ROW].isna().all()
 
 
 def test_seed_reproducibility():

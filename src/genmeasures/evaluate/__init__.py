@@ -10,14 +10,13 @@ or imports torch, so a CSV from elsewhere is scored the same way as a study fold
 - :func:`score_table`: every measure and baseline at once, as the paper's tables.
 """
 
-from genmeasures.evaluate.baselines import CANONICAL_ORDERS, ORACLE_EPSILONS, canonical_rank
+from genmeasures.evaluate.baselines import ORACLE_EPSILONS, canonical_rank
 from genmeasures.evaluate.cmi import ConditionalMI, conditional_mi
 from genmeasures.evaluate.rank import GranulatedTau, granulated_tau, kendall_tau
 from genmeasures.evaluate.scoring import Evaluation, measure_columns, score_table
 from genmeasures.evaluate.table import read_table
 
 __all__ = [
-    "CANONICAL_ORDERS",
     "ORACLE_EPSILONS",
     "ConditionalMI",
     "Evaluation",

@@ -4,14 +4,16 @@
   over seeded draws. As ε → 0 its τ tends to 1.
 - The canonical ordering of a hyperparameter type is the order that the community believes
   predicts the gap (smaller batch, deeper, wider, more dropout, more weight decay, higher learning
-  rate → smaller gap; SGD < Adam < RMSProp). It predicts only its own type's column.
+  rate → smaller gap; SGD < Adam < RMSProp). It predicts only its own type's column. The orders
+  are facts about hyperparameter types, declared with them in the zoo
+  (:data:`genmeasures.zoo.space.CANONICAL_ORDERS`); the evaluation receives them as an argument.
 - The random measure has no relation to the gap: its scores show how far from 0 chance alone
   reaches at the population's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,26 +21,6 @@ import pandas as pd
 
 from genmeasures.errors import EvaluationError
 from genmeasures.seeding import derive_seed
-
-#: Default canonical orders (Jiang et al. 2020, appendix C.4): ``"increasing"`` means the gap is
-#: expected to grow with the value, ``"decreasing"`` the opposite, a tuple lists the values from
-#: the smallest to the largest expected gap. Random labels and training-set size follow Zhang et
-#: al. 2017 and the usual sample-size dependence of the gap.
-#: Declared here, once, because :func:`~genmeasures.evaluate.score_table` needs them for a plain
-#: table (scored without a space) and the evaluation imports neither the zoo nor torch; a zoo
-#: space reads them for the types its model knows (:mod:`genmeasures.zoo.space.canonical`).
-CANONICAL_ORDERS: Mapping[str, str | tuple[Any, ...]] = {
-    "batch_size": "increasing",
-    "depth": "decreasing",
-    "width": "decreasing",
-    "dropout": "decreasing",
-    "l2": "decreasing",
-    "weight_decay": "decreasing",
-    "lr": "decreasing",
-    "optimizer": ("sgd", "adam", "rmsprop"),
-    "random_labels": "increasing",
-    "train_size": "decreasing",
-}
 
 #: The noise levels of the paper's oracle rows (Jiang et al. 2020, table 5).
 ORACLE_EPSILONS = (0.01, 0.02, 0.05, 0.1)

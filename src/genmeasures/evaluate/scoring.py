@@ -16,7 +16,6 @@ import pandas as pd
 
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate.baselines import (
-    CANONICAL_ORDERS,
     ORACLE_EPSILONS,
     canonical_measure,
     oracle_draws,
@@ -151,7 +150,9 @@ def score_table(
         hparams: The hyperparameter columns; None reads ``table.attrs["hparams"]``.
         canonical: The canonical ordering of each type: ``"increasing"``, ``"decreasing"``, a
             tuple of values, or a Series of ranks aligned with ``table`` (larger predicts a larger
-            gap); None: :data:`CANONICAL_ORDERS` for the types it names.
+            gap); None: no canonical rows. A study's orders come from its space
+            (:func:`genmeasures.zoo.evaluating.evaluate_zoo`); the defaults of Jiang et al.,
+            appendix C.4, are :data:`genmeasures.zoo.space.CANONICAL_ORDERS`.
         architecture: A column whose values tell architectures apart for the Pearson table;
             None: one column, ``"all"``.
         epsilons: Noise levels of the oracle rows.
@@ -308,7 +309,7 @@ def _canonical_psi(
     canonical: Mapping[str, str | tuple[Any, ...] | pd.Series] | None,
 ) -> dict[str, float]:
     """ψ_i of type i's canonical ordering, for each type that has one (appendix C.4)."""
-    orders = dict(CANONICAL_ORDERS) if canonical is None else dict(canonical)
+    orders = {} if canonical is None else dict(canonical)
     row = dict.fromkeys([*names, *RANK_COLUMNS], np.nan)
     for i, name in enumerate(names):
         order = orders.get(name)

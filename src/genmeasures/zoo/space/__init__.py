@@ -65,7 +65,7 @@ is checked and a rejection reported).
 from __future__ import annotations
 
 from genmeasures.errors import SpaceError
-from genmeasures.zoo.space.canonical import DIRECTIONS
+from genmeasures.zoo.space.canonical import CANONICAL_ORDERS, DIRECTIONS
 from genmeasures.zoo.space.config import Config, canonical_json
 from genmeasures.zoo.space.grid import Space
 from genmeasures.zoo.space.reading import list_presets, load_space, space_from_dict
@@ -77,6 +77,7 @@ from genmeasures.zoo.space.settings import (
 )
 
 __all__ = [
+    "CANONICAL_ORDERS",
     "DIRECTIONS",
     "LABELS_STREAM",
     "PER_OPTIMIZER",

@@ -7,9 +7,8 @@ updates them with its ``[canonical]`` table; a direction is allowed only for a n
 explicit list holds values of the type (checked by its constraint) covering every value of the
 grid. :func:`rank` turns a value into the number whose order is the prediction.
 
-The default orders themselves are :data:`genmeasures.evaluate.baselines.CANONICAL_ORDERS`: the
-evaluation needs them for a plain table (a CSV from elsewhere, scored without a space) and may
-import neither the zoo nor torch, so they are declared there once and read here.
+The default orders (:data:`CANONICAL_ORDERS`) are declared here, with the hyperparameter types;
+the evaluation receives them as an argument (``score_table(canonical=...)``).
 """
 
 from __future__ import annotations
@@ -17,12 +16,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from genmeasures.evaluate.baselines import CANONICAL_ORDERS, canonical_rank
+from genmeasures.evaluate.baselines import canonical_rank
 from genmeasures.validation import Declared
 from genmeasures.zoo.space.checks import close, fail, freeze, parse, parse_list, show
 from genmeasures.zoo.space.settings import is_numeric
 
 __all__ = ["CANONICAL_ORDERS", "DIRECTIONS", "Order", "default_orders", "rank", "read_canonical"]
+
+#: Default canonical orders (Jiang et al. 2020, appendix C.4): ``"increasing"`` means the gap is
+#: expected to grow with the value, ``"decreasing"`` the opposite, a tuple lists the values from
+#: the smallest to the largest expected gap. Random labels and training-set size follow Zhang et
+#: al. 2017 and the usual sample-size dependence of the gap.
+CANONICAL_ORDERS: Mapping[str, str | tuple[Any, ...]] = {
+    "batch_size": "increasing",
+    "depth": "decreasing",
+    "width": "decreasing",
+    "dropout": "decreasing",
+    "l2": "decreasing",
+    "weight_decay": "decreasing",
+    "lr": "decreasing",
+    "optimizer": ("sgd", "adam", "rmsprop"),
+    "random_labels": "increasing",
+    "train_size": "decreasing",
+}
 
 #: The directions an order may name; a numeric type accepts all, another type only ``"none"``.
 DIRECTIONS = ("increasing", "decreasing", "none")
