@@ -57,7 +57,11 @@ from genmeasures.data import Dataset
 from genmeasures.measures.balancing import balance
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.curvature import DEFAULT_PROBES, hessian_diagonal
-from genmeasures.measures.normalized import LayerSharpness, normalized_sharpness_layers
+from genmeasures.measures.normalized import (
+    LayerSharpness,
+    SharpnessOptions,
+    normalized_sharpness_layers,
+)
 from genmeasures.zoo.train import TrainingConfig, train_to_target
 
 #: Examples per forward pass, as :func:`genmeasures.compute` uses by default.
@@ -259,7 +263,9 @@ def estimator_cost(
     diagonal = hessian_diagonal(ctx, estimator, probes=probes)
     diagonal_s = time.perf_counter() - start
     start = time.perf_counter()
-    _, layers = normalized_sharpness_layers(ctx, estimator=estimator, probes=probes)
+    _, layers = normalized_sharpness_layers(
+        ctx, SharpnessOptions(estimator=estimator, probes=probes)
+    )
     rest_s = time.perf_counter() - start
     matrices = balancing_matrices(ctx, diagonal)
     solve_s = [median_seconds(lambda m=m: balance(m), repeats) for m in matrices]

@@ -60,6 +60,21 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert [row["name"] for row in json.loads(out)] == [s.name for s in gm.list_measures("*spec*")]
 
 
+def test_list_one_measure_shows_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "1/sigma gaussian")  # an alias of pacbayes-flatness
+    assert code == 0
+    assert out.startswith("name:        pacbayes-flatness\n")
+    s_max = next(line for line in out.splitlines() if line.startswith("s_max "))
+    assert s_max.split()[:2] == ["s_max", "2.0"]
+    assert "a finite number > 0" in s_max
+    code, out, _ = run(capsys, "list", "pacbayes-flatness", "--json")
+    options = {row["name"]: row for row in json.loads(out)["options"]}
+    assert options["draws"]["default"] == 10
+    assert options["steps"]["accepts"] == "an integer >= 1"
+    code, out, _ = run(capsys, "list", "param-norm")
+    assert "options:     none" in out
+
+
 def test_list_without_match_fails(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "list", "no-such-*")
     assert code == 1

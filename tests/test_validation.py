@@ -84,7 +84,7 @@ def test_declarations_and_table() -> None:
     rows = settings_table(Interval)
     assert rows[1] == {
         "name": "high",
-        "default": "2.0",
+        "default": 2.0,
         "accepts": "a finite number > 0",
         "doc": "upper end",
     }

@@ -32,9 +32,10 @@ from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.evaluate import Evaluation, read_table, score_table
 from genmeasures.evaluate.report import format_summary, write_report
-from genmeasures.measures import Results, compute, list_measures
+from genmeasures.measures import MeasureSpec, Results, compute, get_measure, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
+from genmeasures.validation import settings_table
 from genmeasures.zoo.checkpoint import load_checkpoint, model_spec, save_run
 from genmeasures.zoo.evaluating import evaluate_zoo
 from genmeasures.zoo.executors import EXECUTORS, train_zoo
@@ -56,8 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"genmeasures {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list", help="list the registered measures")
-    listing.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. '*spec*'")
+    listing = commands.add_parser(
+        "list",
+        help="list the registered measures, or one measure with its options",
+        description="Lists the measures a glob pattern matches; given one measure's name or "
+        "alias, prints it with its options, their defaults and what they accept.",
+    )
+    listing.add_argument(
+        "pattern",
+        nargs="?",
+        default=None,
+        help="glob pattern ('*spec*'), or a measure's name or alias for its details",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     train = commands.add_parser(
@@ -206,23 +217,45 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _measure_row(spec: MeasureSpec) -> dict[str, str]:
+    return {
+        "name": spec.name,
+        "eq": spec.eq,
+        "family": spec.family,
+        "needs": ",".join(sorted(spec.needs)) or "model only",
+        "stochastic": spec.stochastic,
+        "description": spec.description,
+    }
+
+
+def _list_one(spec: MeasureSpec, as_json: bool) -> int:
+    options = [] if spec.options is None else settings_table(spec.options)
+    if as_json:
+        detail = _measure_row(spec) | {"aliases": list(spec.aliases), "options": options}
+        print(json.dumps(detail, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in (_measure_row(spec) | {"aliases": ", ".join(spec.aliases)}).items():
+        print(f"{key + ':':13}{value}")
+    if options:
+        print(f"\noptions (e.g. options={{{spec.name!r}: {{...}}}}):\n{_left_aligned(options)}")
+    else:
+        print("\noptions:     none")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
-    rows = [
-        {
-            "name": spec.name,
-            "eq": spec.eq,
-            "family": spec.family,
-            "needs": ",".join(sorted(spec.needs)) or "model only",
-            "stochastic": spec.stochastic,
-            "description": spec.description,
-        }
-        for spec in list_measures(args.pattern)
-    ]
+    pattern = args.pattern
+    if pattern is not None and pattern != "all" and not any(ch in pattern for ch in "*?["):
+        return _list_one(get_measure(pattern), args.json)
+    rows = [_measure_row(spec) for spec in list_measures(pattern)]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     elif rows:
         print(_left_aligned(rows))
-        print(f"\n{len(rows)} measures. Definitions: MEASURES.md (see README).")
+        print(
+            f"\n{len(rows)} measures. `genmeasures list NAME` shows one with its options; "
+            "definitions: docs/ (see README)."
+        )
     else:
         print(f"no measure matches {args.pattern!r}", file=sys.stderr)
         return 1

@@ -400,12 +400,12 @@ class Settings:
         return {name: getattr(self, name) for name in declared(type(self))}
 
 
-def settings_table(cls: type[Settings]) -> list[dict[str, str]]:
+def settings_table(cls: type[Settings]) -> list[dict[str, Any]]:
     """Rows (name, default, accepts, doc) describing a settings class, for listings and docs."""
     return [
         {
             "name": item.name,
-            "default": repr(item.default),
+            "default": item.default,
             "accepts": item.constraint.expected,
             "doc": item.doc,
         }

@@ -11,7 +11,7 @@ from conftest import tiny_mlp
 from torch import nn
 
 import genmeasures as gm
-from genmeasures.measures.registry import register_measure
+from genmeasures.measures.registry import MeasureSpec, register_measure
 
 
 @pytest.fixture
@@ -89,12 +89,46 @@ def test_spectral_results_carry_a_per_layer_table(data):
 
 
 def test_options_are_validated(data):
-    with pytest.raises(gm.MeasureError, match=r"'param-norm' got unknown option\(s\) \['bogus'\]"):
+    with pytest.raises(
+        gm.MeasureError, match=r"'param-norm': unknown option\(s\) bogus; it takes no"
+    ):
         gm.compute(tiny_mlp(), data, measures="param-norm", options={"param-norm": {"bogus": 1}})
     with pytest.raises(gm.MeasureError, match="not among the measures computed"):
         gm.compute(tiny_mlp(), data, measures="param-norm", options={"path-norm": {}})
     with pytest.raises(gm.UnknownMeasureError):
         gm.compute(tiny_mlp(), data, measures="param-norm", options={"no-such": {}})
+
+
+@pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")
+def test_option_spellings_of_one_value_are_one_value(data):
+    """2 and 2.0 are one s_max: equal params, hence one store key (issue 13)."""
+    results = [
+        gm.compute(
+            tiny_mlp(),
+            data,
+            measures="pacbayes-flatness",
+            options={"pacbayes-flatness": {"s_max": s_max, "steps": 2, "draws": 1}},
+        )["pacbayes-flatness"]
+        for s_max in (2, 2.0)
+    ]
+    assert results[0].params == results[1].params
+    assert type(results[0].params["s_max"]) is float
+    spec = gm.get_measure("pacbayes-flatness")
+    assert spec.params_key({"s_max": 2}, 0) == spec.params_key({"s_max": 2.0}, 0)
+    assert spec.params_key({"s_max": 2}, 0) != spec.params_key({"s_max": 1}, 0)
+
+
+def test_option_values_are_checked_before_any_measure_runs(data, monkeypatch):
+    ran = []
+    monkeypatch.setattr(MeasureSpec, "call", lambda spec, ctx, options: ran.append(spec))
+    with pytest.raises(gm.MeasureError, match=r"'hessian-trace': probes expected an integer >= 1"):
+        gm.compute(
+            tiny_mlp(),
+            data,
+            measures=["param-norm", "hessian-trace"],
+            options={"hessian-trace": {"probes": 0}},
+        )
+    assert ran == []
 
 
 def test_spectral_variant_is_fixed_by_the_name_not_an_option(data):
@@ -116,8 +150,8 @@ def test_spectral_variant_is_fixed_by_the_name_not_an_option(data):
         ({"data": (torch.zeros(4, 5), torch.zeros(4))}, "integer class indices"),
         ({"data": (torch.zeros(4, 5), torch.tensor([0, 1, -1, 0]))}, "minimum -1"),
         ({"data": (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))}, "no example"),
-        ({"batch_size": 0}, "batch_size must be a positive int"),
-        ({"seed": 1.5}, "seed must be an int"),
+        ({"batch_size": 0}, "batch_size expected an integer >= 1"),
+        ({"seed": 1.5}, "seed expected an integer"),
         ({"init_model": 3}, "init_model must be"),
         ({"measures": [1, 2]}, "a list of them"),
         ({"measures": []}, "a list of them"),

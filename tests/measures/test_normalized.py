@@ -404,8 +404,8 @@ def test_an_explicit_estimator_is_used_and_recorded():
 def test_an_unknown_estimator_is_an_error_naming_the_choices(name):
     with pytest.raises(
         gm.MeasureError,
-        match=r"estimator must be one of 'auto', 'exact', 'ggn', 'hutchinson', "
-        r"'scale-invariant', got 'diag'",
+        match=r"estimator expected one of 'auto', 'exact', 'ggn', 'hutchinson', "
+        r"'scale-invariant', received 'diag'",
     ):
         gm.compute(
             relu_mlp(), random_data((4,)), measures=name, options={name: {"estimator": "diag"}}

@@ -777,7 +777,7 @@ def test_each_measure_accepts_exactly_its_search_options_with_the_same_defaults(
         "sharpness": "sharpness-alpha",
         "pac-sharpness-mag": "sharpness-mag-alpha",
     }[measure.rsplit("-", 1)[0]]
-    assert spec.defaults == SEARCH_OPTIONS[search]
+    assert spec.options is SEARCH_OPTIONS[search]
     assert spec.fixed == {"quantity": measure.rsplit("-", 1)[1]}
 
 

@@ -207,6 +207,20 @@ def test_measure_zoo_is_resumable_and_keys_values_by_parameters(trained: Zoo) ->
     assert json.loads(long[long["name"] == "param-norm"]["params"].iloc[0]) == {}
 
 
+@pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")
+def test_a_study_resumed_with_another_spelling_of_an_option_recomputes_nothing(
+    trained: Zoo,
+) -> None:
+    options = {"s_max": 2, "steps": 1, "draws": 1}
+    first = measure_zoo(trained, ["pacbayes-flatness"], options={"pacbayes-flatness": options})
+    assert first.values == 4
+    respelled = {"pacbayes-flatness": options | {"s_max": 2.0}}
+    again = measure_zoo(trained, ["1/sigma gaussian"], options=respelled)
+    assert again.values == 0 and again.up_to_date == 4
+    other = measure_zoo(trained, ["pacbayes-flatness"], options={"pacbayes-flatness": {"steps": 1}})
+    assert other.values == 4
+
+
 def test_export_csv_and_parquet(trained: Zoo, tmp_path: Path) -> None:
     table = trained.table()
     csv = pd.read_csv(trained.export(tmp_path / "zoo.csv"), index_col="hash")

@@ -4,6 +4,16 @@ Every measure is defined in the project's catalog, ``MEASURES.md`` (Jiang et al.
 Tsuzuku et al. 2020).
 """
 
+# The family modules register their measures on import: importing the package registers them all.
+from genmeasures.measures import (  # noqa: F401
+    capacity,
+    normalized,
+    norms,
+    output,
+    perturbation,
+    spectral,
+    training,
+)
 from genmeasures.measures.compute import compute
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import (

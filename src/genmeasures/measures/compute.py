@@ -22,6 +22,7 @@ from genmeasures.errors import (
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.measures.result import MeasureResult, Results, UndefinedMeasure
+from genmeasures.validation import Integer, Settings, check
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -62,7 +63,9 @@ def compute(
         seed: Seed of every random stream (power iterations, draws).
         device: Where to compute; defaults to the model's device.
         batch_size: Examples per forward pass (default 512).
-        options: Measure name → keyword parameters, e.g. ``{"spec-orig": {...}}``.
+        options: Measure name → its options, e.g. ``{"pacbayes-flatness": {"s_max": 1}}``; each
+            is checked and canonicalized before any measure runs (``2`` and ``2.0`` are one value),
+            and a result's ``params`` holds the canonical values.
         progress: Optional callback called after each measure.
 
     Returns:
@@ -83,15 +86,18 @@ def compute(
         raise MeasureError(
             f"init_model must be a torch.nn.Module or None, got {type(init_model).__name__}"
         )
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MeasureError(f"seed must be an int, got {seed!r}")
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}")
+    seed = check(seed, Integer(), where="compute", parameter="seed", error=MeasureError)
+    batch_size = check(
+        DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+        Integer(1),
+        where="compute",
+        parameter="batch_size",
+        error=MeasureError,
+    )
     inputs, labels = _training_set(data)
     selected = resolve_measures(measures)
     specs = [spec for spec, _ in selected]
-    params_by_name = _validated_options(specs, options or {})
+    options_by_name = _canonical_options(specs, options or {})
     device = torch.device(device) if device is not None else _model_device(model)
     input_shape = (
         tuple(inputs.shape[1:]) if inputs is not None else getattr(model, "input_shape", None)
@@ -109,7 +115,7 @@ def compute(
     )
     results = []
     for index, (spec, explicit) in enumerate(selected):
-        results.append(_run_one(spec, ctx, params_by_name[spec.name], explicit=explicit))
+        results.append(_run_one(spec, ctx, options_by_name[spec.name], explicit=explicit))
         if progress is not None:
             progress(spec.name, index + 1, len(specs))
     return Results(results)
@@ -145,9 +151,9 @@ def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor
     return inputs, labels.long()
 
 
-def _validated_options(
+def _canonical_options(
     specs: list[MeasureSpec], options: Mapping[str, Mapping[str, Any]]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Settings | None]:
     by_name = {spec.name: spec for spec in specs}
     given: dict[str, Mapping[str, Any]] = {}
     for key, value in options.items():
@@ -159,7 +165,7 @@ def _validated_options(
         if not isinstance(value, Mapping):
             raise MeasureError(f"options[{key!r}] must be a mapping of parameters, got {value!r}")
         given[canonical] = value
-    return {spec.name: spec.validate_params(dict(given.get(spec.name, {}))) for spec in specs}
+    return {spec.name: spec.canonical_options(given.get(spec.name, {})) for spec in specs}
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -167,27 +173,10 @@ def _model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def recorded_params(spec: MeasureSpec, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """The parameters stored with a value: the validated ``params``, plus the seed if it matters.
-
-    Args:
-        spec: The measure.
-        params: Its full keyword arguments (:meth:`MeasureSpec.validate_params`).
-        seed: The seed of ``compute``; recorded only for measures with a random component.
-
-    Returns:
-        What :attr:`MeasureResult.params` will hold.
-    """
-    recorded = dict(params)
-    if spec.stochastic != "no":
-        recorded["seed"] = seed
-    return recorded
-
-
 def _run_one(
-    spec: MeasureSpec, ctx: MeasureContext, params: dict[str, Any], *, explicit: bool
+    spec: MeasureSpec, ctx: MeasureContext, options: Settings | None, *, explicit: bool
 ) -> MeasureResult:
-    recorded = recorded_params(spec, params, ctx.seed)
+    recorded = spec.recorded_params(options, ctx.seed)
     start = time.perf_counter()
 
     def without_value(status: str, message: str) -> MeasureResult:
@@ -202,7 +191,7 @@ def _run_one(
         )
 
     try:
-        output = spec.fn(ctx, **params)
+        output = spec.call(ctx, options)
     except (MissingInputError, UnsupportedLayerError) as error:
         if explicit:
             raise type(error)(f"measure {spec.name!r}: {error}") from error

@@ -54,8 +54,17 @@ from genmeasures.measures.curvature import (
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
 from genmeasures.models import WeightLayer, uses_piecewise_linear_activations
+from genmeasures.validation import Flag, Integer, OneOf, Real, Settings, setting
 
-__all__ = ["default_estimator", "normalized_sharpness_layers", "resolve_estimator"]
+__all__ = [
+    "DiagonalOptions",
+    "EigenvalueOptions",
+    "SharpnessOptions",
+    "TraceOptions",
+    "default_estimator",
+    "normalized_sharpness_layers",
+    "resolve_estimator",
+]
 
 FAMILY = "flatness-hessian"
 
@@ -64,6 +73,67 @@ TRACE_PROBES = 30
 
 #: Defaults of ``hessian-max-eig``: Lanczos steps and relative residual.
 EIG_ITERATIONS, EIG_TOL = 60, 1e-6
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class DiagonalOptions(Settings):
+    """Options of the Hessian-diagonal estimate ``F`` (``NORMALIZED_SHARPNESS.md`` §4)."""
+
+    WHERE = "Hessian-diagonal options"
+    ERROR = MeasureError
+
+    estimator: str = setting(
+        "auto",
+        OneOf(("auto", *ESTIMATORS)),
+        "estimator of the Hessian diagonal; auto: ggn for piecewise-linear networks, else "
+        "scale-invariant",
+    )
+    probes: int = setting(DEFAULT_PROBES, Integer(1), "probes of hutchinson and scale-invariant")
+    r: float = setting(
+        DEFAULT_R, Real(0.0, open_minimum=True), "relative perturbation of scale-invariant"
+    )
+    eps: float = setting(DEFAULT_EPS, Real(0.0), "absolute perturbation floor ε of scale-invariant")
+
+
+@dataclass(frozen=True)
+class SharpnessOptions(DiagonalOptions):
+    """Options of normalized sharpness: the diagonal estimate's, then the balancing solver's."""
+
+    WHERE = "normalized-sharpness options"
+
+    tol: float = setting(DEFAULT_TOL, Real(0.0), "the solver's certified relative gap")
+    max_iter: int = setting(
+        DEFAULT_MAX_ITER, Integer(0), "the solver's step limit per strongly connected component"
+    )
+
+
+@dataclass(frozen=True)
+class TraceOptions(Settings):
+    """Options of ``hessian-trace``."""
+
+    WHERE = "hessian-trace options"
+    ERROR = MeasureError
+
+    probes: int = setting(TRACE_PROBES, Integer(1), "Hutchinson probes (Rademacher vectors)")
+    exact: bool = setting(
+        False, Flag(), "the exact trace, one Hessian-vector product per parameter"
+    )
+
+
+@dataclass(frozen=True)
+class EigenvalueOptions(Settings):
+    """Options of ``hessian-max-eig``."""
+
+    WHERE = "hessian-max-eig options"
+    ERROR = MeasureError
+
+    iterations: int = setting(EIG_ITERATIONS, Integer(1), "most Lanczos steps")
+    tol: float = setting(
+        EIG_TOL, Real(0.0, open_minimum=True), "relative residual at which Lanczos stops"
+    )
 
 
 # ---------------------------------------------------------------------------------- estimates
@@ -99,11 +169,9 @@ class _Diagonal:
     weights: list[np.ndarray]
 
 
-def _clipped_diagonal(
-    ctx: MeasureContext, estimator: str, probes: int, r: float, eps: float
-) -> _Diagonal:
-    name = resolve_estimator(ctx, estimator)
-    estimates = hessian_diagonal(ctx, name, probes=probes, r=r, eps=eps)
+def _clipped_diagonal(ctx: MeasureContext, options: DiagonalOptions) -> _Diagonal:
+    name = resolve_estimator(ctx, options.estimator)
+    estimates = hessian_diagonal(ctx, name, probes=options.probes, r=options.r, eps=options.eps)
     curvature, weights = [], []
     for layer, estimate in zip(ctx.layers, estimates, strict=True):
         diagonal = estimate.cpu().numpy()
@@ -168,25 +236,15 @@ def _combine(parts: list[Balance]) -> Balance:
 
 def normalized_sharpness_layers(
     ctx: MeasureContext,
+    options: SharpnessOptions | None = None,
     *,
-    estimator: str = "auto",
-    probes: int = DEFAULT_PROBES,
-    r: float = DEFAULT_R,
-    eps: float = DEFAULT_EPS,
-    tol: float = DEFAULT_TOL,
-    max_iter: int = DEFAULT_MAX_ITER,
     two_sided: bool = False,
 ) -> tuple[str, list[LayerSharpness]]:
     """Per-layer normalized sharpness (eq 35, or the preprint's two-sided form).
 
     Args:
         ctx: The measure context (needs the training set).
-        estimator: ``"auto"`` or one of :data:`~genmeasures.measures.curvature.ESTIMATORS`.
-        probes: Probes of the stochastic estimators.
-        r: Relative perturbation of ``"scale-invariant"``.
-        eps: ε of ``"scale-invariant"``.
-        tol: The solver's bound on the relative suboptimality.
-        max_iter: The solver's step limit per strongly connected component.
+        options: The diagonal estimate's and the solver's options (default: their defaults).
         two_sided: Solve the preprint's two-sided problem instead of eq 35.
 
     Returns:
@@ -195,7 +253,9 @@ def normalized_sharpness_layers(
     Raises:
         NumericalError: if a layer's diagonal estimate or weight has a non-finite entry.
     """
-    diagonal = _clipped_diagonal(ctx, estimator, probes, r, eps)
+    options = SharpnessOptions() if options is None else options
+    tol, max_iter = options.tol, options.max_iter
+    diagonal = _clipped_diagonal(ctx, options)
     results = []
     for layer, curvature, weight in zip(
         diagonal.layers, diagonal.curvature, diagonal.weights, strict=True
@@ -280,22 +340,12 @@ _NS_ALIASES = ("NS", "normalized sharpness", "normalized-sharpness-icml")
     needs=("data",),
     stochastic="yes",
     aliases=_NS_ALIASES,
+    options=SharpnessOptions,
 )
-def normalized_sharpness(
-    ctx: MeasureContext,
-    *,
-    estimator: str = "auto",
-    probes: int = DEFAULT_PROBES,
-    r: float = DEFAULT_R,
-    eps: float = DEFAULT_EPS,
-    tol: float = DEFAULT_TOL,
-    max_iter: int = DEFAULT_MAX_ITER,
-) -> MeasureOutput:
+def normalized_sharpness(ctx: MeasureContext, *, options: SharpnessOptions) -> MeasureOutput:
     """Normalized sharpness sqrt(Σ_l NS_l²), NS_l² = inf_γ Σ M_ik e^{γi−γk} (Tsuzuku eq 35)."""
     start = time.perf_counter()
-    name, layers = normalized_sharpness_layers(
-        ctx, estimator=estimator, probes=probes, r=r, eps=eps, tol=tol, max_iter=max_iter
-    )
+    name, layers = normalized_sharpness_layers(ctx, options)
     return _sharpness_output(name, layers, time.perf_counter() - start, math.sqrt)
 
 
@@ -306,41 +356,21 @@ def normalized_sharpness(
     needs=("data",),
     stochastic="yes",
     aliases=("normalized sharpness arxiv", "normalized-sharpness-two-sided"),
+    options=SharpnessOptions,
 )
-def normalized_sharpness_arxiv(
-    ctx: MeasureContext,
-    *,
-    estimator: str = "auto",
-    probes: int = DEFAULT_PROBES,
-    r: float = DEFAULT_R,
-    eps: float = DEFAULT_EPS,
-    tol: float = DEFAULT_TOL,
-    max_iter: int = DEFAULT_MAX_ITER,
-) -> MeasureOutput:
+def normalized_sharpness_arxiv(ctx: MeasureContext, *, options: SharpnessOptions) -> MeasureOutput:
     """Preprint's two-sided normalized sharpness, summed over layers (Tsuzuku §5 of the spec)."""
     start = time.perf_counter()
-    name, layers = normalized_sharpness_layers(
-        ctx,
-        estimator=estimator,
-        probes=probes,
-        r=r,
-        eps=eps,
-        tol=tol,
-        max_iter=max_iter,
-        two_sided=True,
-    )
+    name, layers = normalized_sharpness_layers(ctx, options, two_sided=True)
     return _sharpness_output(name, layers, time.perf_counter() - start, float)
 
 
 def _elementwise_measure(
     ctx: MeasureContext,
-    estimator: str,
-    probes: int,
-    r: float,
-    eps: float,
+    options: DiagonalOptions,
     term: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> MeasureOutput:
-    diagonal = _clipped_diagonal(ctx, estimator, probes, r, eps)
+    diagonal = _clipped_diagonal(ctx, options)
     rows = [
         {
             "layer": layer.name,
@@ -364,17 +394,11 @@ def _elementwise_measure(
     needs=("data",),
     stochastic="yes",
     aliases=("NS1", "parameter-normalized sharpness"),
+    options=DiagonalOptions,
 )
-def normalized_sharpness_param(
-    ctx: MeasureContext,
-    *,
-    estimator: str = "auto",
-    probes: int = DEFAULT_PROBES,
-    r: float = DEFAULT_R,
-    eps: float = DEFAULT_EPS,
-) -> MeasureOutput:
+def normalized_sharpness_param(ctx: MeasureContext, *, options: DiagonalOptions) -> MeasureOutput:
     """Σ_i sqrt(F̂_i) |θ_i| over all weights: per-parameter normalization (Tsuzuku eq 19)."""
-    return _elementwise_measure(ctx, estimator, probes, r, eps, lambda f, w: np.sqrt(f) * np.abs(w))
+    return _elementwise_measure(ctx, options, lambda f, w: np.sqrt(f) * np.abs(w))
 
 
 @register_measure(
@@ -384,17 +408,11 @@ def normalized_sharpness_param(
     needs=("data",),
     stochastic="yes",
     aliases=("hessian weighted norm", "fr-term"),
+    options=DiagonalOptions,
 )
-def hessian_weighted_norm(
-    ctx: MeasureContext,
-    *,
-    estimator: str = "auto",
-    probes: int = DEFAULT_PROBES,
-    r: float = DEFAULT_R,
-    eps: float = DEFAULT_EPS,
-) -> MeasureOutput:
+def hessian_weighted_norm(ctx: MeasureContext, *, options: DiagonalOptions) -> MeasureOutput:
     """Σ_i F̂_i θ_i² over all weights, the Hessian-weighted squared norm (Tsuzuku eq 16)."""
-    return _elementwise_measure(ctx, estimator, probes, r, eps, lambda f, w: f * w * w)
+    return _elementwise_measure(ctx, options, lambda f, w: f * w * w)
 
 
 def _parameter_shapes(ctx: MeasureContext) -> dict[str, str]:
@@ -408,13 +426,11 @@ def _parameter_shapes(ctx: MeasureContext) -> dict[str, str]:
     needs=("data",),
     stochastic="yes",
     aliases=("trace of hessian", "hessian trace", "Tr H"),
+    options=TraceOptions,
 )
-def trace_of_hessian(
-    ctx: MeasureContext, *, probes: int = TRACE_PROBES, exact: bool = False
-) -> MeasureOutput:
+def trace_of_hessian(ctx: MeasureContext, *, options: TraceOptions) -> MeasureOutput:
     """Trace of the training loss's Hessian over all parameters, Hutchinson (Tsuzuku eq 6)."""
-    if not isinstance(exact, bool):
-        raise MeasureError(f"exact must be a bool, got {exact!r}")
+    probes, exact = options.probes, options.exact
     samples = hessian_trace_samples(ctx, probes=probes, exact=exact)
     shapes = _parameter_shapes(ctx)
     rows = []
@@ -437,12 +453,11 @@ def trace_of_hessian(
     needs=("data",),
     stochastic="yes",  # Lanczos from a random start; float32 HVPs differ across starts at 1e-7
     aliases=("hessian max eigenvalue", "lambda max"),
+    options=EigenvalueOptions,
 )
-def max_eigenvalue_of_hessian(
-    ctx: MeasureContext, *, iterations: int = EIG_ITERATIONS, tol: float = EIG_TOL
-) -> MeasureOutput:
+def max_eigenvalue_of_hessian(ctx: MeasureContext, *, options: EigenvalueOptions) -> MeasureOutput:
     """Largest eigenvalue of the training loss's Hessian over all parameters, by Lanczos."""
-    pair = hessian_top_eigenpair(ctx, iterations=iterations, tol=tol)
+    pair = hessian_top_eigenpair(ctx, iterations=options.iterations, tol=options.tol)
     shapes = _parameter_shapes(ctx)
     rows = [
         {

@@ -47,11 +47,9 @@ through every copy at once.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
-import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,6 +62,16 @@ from genmeasures.measures.context import DELTA, MeasureContext
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
 from genmeasures.models import WeightLayer
+from genmeasures.validation import (
+    Integer,
+    Maybe,
+    OneOf,
+    Real,
+    Settings,
+    check_settings,
+    rejection,
+    setting,
+)
 
 __all__ = ["SEARCHES", "SearchResult", "SearchStep", "perturbation_search"]
 
@@ -79,30 +87,85 @@ STEP_SIZES = {"gradient": 0.1, "sign": 0.25}
 #: Examples per draw at the sequential test's first look; each later look doubles it.
 FIRST_LOOK = 64
 
-#: Options shared by the four searches, with their defaults (``MEASURES.md`` §2.4).
-COMMON_OPTIONS: dict[str, Any] = {
-    "s_min": 0.0,
-    "s_max": 2.0,
-    "steps": 20,
-    "target": 0.1,
-    "tolerance": 0.01,
-    "interval_tolerance": 0.0,
-    "eval_subset": None,
-    "sequential_error": 0.01,
-}
-ASCENT_OPTIONS: dict[str, Any] = {
-    "restarts": 3,
-    "ascent_steps": 20,
-    "ascent_batch": 128,
-    "ascent_rule": "gradient",
-    "step_size": None,
-}
-#: Every option each search accepts, with its default.
-SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
-    "pacbayes-sigma": COMMON_OPTIONS | {"draws": 10},
-    "pacbayes-mag-sigma": COMMON_OPTIONS | {"draws": 10, "eps": MAGNITUDE_EPS},
-    "sharpness-alpha": COMMON_OPTIONS | ASCENT_OPTIONS,
-    "sharpness-mag-alpha": COMMON_OPTIONS | ASCENT_OPTIONS | {"eps": MAGNITUDE_EPS},
+
+@dataclass(frozen=True)
+class SearchOptions(Settings):
+    """Options shared by the four searches (``MEASURES.md`` §2.4)."""
+
+    WHERE = "perturbation search options"
+    ERROR = MeasureError
+
+    s_min: float = setting(0.0, Real(0.0), "lower end of the scale interval searched")
+    s_max: float = setting(2.0, Real(0.0, open_minimum=True), "upper end of the scale interval")
+    steps: int = setting(20, Integer(1), "most bisection steps (M1)")
+    target: float = setting(
+        0.1, Real(0.0, 1.0, open_minimum=True), "training-accuracy drop sought (d*)"
+    )
+    tolerance: float = setting(0.01, Real(0.0), "accepted distance from the target (ε_d)")
+    interval_tolerance: float = setting(
+        0.0, Real(0.0), "stop once the bracket is narrower than this (ε_s)"
+    )
+    eval_subset: int | None = setting(
+        None, Maybe(Integer(1)), "score this many training examples; None scores them all (n_E)"
+    )
+    sequential_error: float = setting(
+        0.01,
+        Real(0.0, 1.0, open_maximum=True),
+        "probability that the sequential test changes a decision; 0 runs the exact procedure",
+    )
+
+    @classmethod
+    def check_together(cls, values: Mapping[str, Any]) -> tuple[str, str, Any] | None:
+        """The interval is not empty: ``s_min < s_max``."""
+        if values["s_min"] >= values["s_max"]:
+            return "s_min", f"less than s_max ({values['s_max']:g})", values["s_min"]
+        return None
+
+
+@dataclass(frozen=True)
+class GaussianOptions(SearchOptions):
+    """Options of ``pacbayes-sigma``: the shared ones and the number of noise draws."""
+
+    draws: int = setting(10, Integer(1), "noise draws per scale (M2)")
+
+
+@dataclass(frozen=True)
+class MagnitudeGaussianOptions(GaussianOptions):
+    """Options of ``pacbayes-mag-sigma``: those of ``pacbayes-sigma`` and the noise floor."""
+
+    eps: float = setting(MAGNITUDE_EPS, Real(0.0, open_minimum=True), "noise floor ε (eq 55)")
+
+
+@dataclass(frozen=True)
+class AscentOptions(SearchOptions):
+    """Options of ``sharpness-alpha``: the shared ones and the projected gradient ascent's."""
+
+    restarts: int = setting(3, Integer(1), "ascent restarts per scale (M2)")
+    ascent_steps: int = setting(20, Integer(0), "ascent steps per restart (M4)")
+    ascent_batch: int = setting(128, Integer(1), "examples per ascent minibatch")
+    ascent_rule: str = setting(
+        "gradient", OneOf(tuple(STEP_SIZES)), "ascent direction: the gradient or its sign"
+    )
+    step_size: float | None = setting(
+        None,
+        Maybe(Real(0.0, open_minimum=True)),
+        "ascent step η; None: 0.1 for gradient, 0.25 for sign",
+    )
+
+
+@dataclass(frozen=True)
+class MagnitudeAscentOptions(AscentOptions):
+    """Options of ``sharpness-mag-alpha``: those of ``sharpness-alpha`` and the box floor."""
+
+    eps: float = setting(MAGNITUDE_EPS, Real(0.0, open_minimum=True), "box floor ε (eq 58)")
+
+
+#: The options each search accepts.
+SEARCH_OPTIONS: dict[str, type[SearchOptions]] = {
+    "pacbayes-sigma": GaussianOptions,
+    "pacbayes-mag-sigma": MagnitudeGaussianOptions,
+    "sharpness-alpha": AscentOptions,
+    "sharpness-mag-alpha": MagnitudeAscentOptions,
 }
 
 
@@ -198,79 +261,13 @@ class SearchResult:
 def _validated(search: str, given: dict[str, Any], num_train: int) -> dict[str, Any]:
     if search not in SEARCH_OPTIONS:
         raise MeasureError(f"unknown perturbation search {search!r}; expected one of {SEARCHES}")
-    accepted = SEARCH_OPTIONS[search]
-    unknown = sorted(set(given) - set(accepted))
-    if unknown:
-        raise MeasureError(
-            f"perturbation search {search!r} got unknown option(s) {unknown}; it accepts: "
-            f"{', '.join(sorted(accepted))}"
-        )
-    options = accepted | given
-
-    def fail(name: str, expected: str) -> MeasureError:
-        return MeasureError(
-            f"perturbation search {search!r}: {name} must be {expected}, got {options[name]!r}"
-        )
-
-    def real(name: str) -> float:
-        value = options[name]
-        if (
-            not isinstance(value, numbers.Real)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise fail(name, "a finite real number")
-        return float(value)
-
-    def integer(name: str, minimum: int) -> int:
-        value = options[name]
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-            raise fail(name, f"an int ≥ {minimum}")
-        return int(value)
-
-    s_min, s_max = real("s_min"), real("s_max")
-    if not 0 <= s_min < s_max:
-        raise MeasureError(
-            f"perturbation search {search!r}: the interval must satisfy 0 ≤ s_min < s_max, got "
-            f"[{s_min}, {s_max}]"
-        )
-    checked: dict[str, Any] = {"s_min": s_min, "s_max": s_max, "steps": integer("steps", 1)}
-    checked["target"] = real("target")
-    if not 0 < checked["target"] <= 1:
-        raise fail("target", "in (0, 1]")
-    for name in ("tolerance", "interval_tolerance"):
-        checked[name] = real(name)
-        if checked[name] < 0:
-            raise fail(name, "≥ 0")
-    checked["sequential_error"] = real("sequential_error")
-    if not 0 <= checked["sequential_error"] < 1:
-        raise fail("sequential_error", "in [0, 1) (0 runs the paper's exact procedure)")
-    if options["eval_subset"] is None:
-        checked["eval_subset"] = None
-    else:
-        checked["eval_subset"] = integer("eval_subset", 1)
-        if checked["eval_subset"] > num_train:
-            raise fail("eval_subset", f"None or at most the {num_train} training examples")
-    if "draws" in accepted:
-        checked["draws"] = integer("draws", 1)
-    if "eps" in accepted:
-        checked["eps"] = real("eps")
-        if checked["eps"] <= 0:
-            raise fail("eps", "> 0")
-    if "restarts" in accepted:
-        checked["restarts"] = integer("restarts", 1)
-        checked["ascent_steps"] = integer("ascent_steps", 0)
-        checked["ascent_batch"] = integer("ascent_batch", 1)
-        if options["ascent_rule"] not in STEP_SIZES:
-            raise fail("ascent_rule", f"one of {sorted(STEP_SIZES)}")
-        checked["ascent_rule"] = options["ascent_rule"]
-        if options["step_size"] is None:
-            checked["step_size"] = None
-        else:
-            checked["step_size"] = real("step_size")
-            if checked["step_size"] <= 0:
-                raise fail("step_size", "None or > 0")
-    return checked
+    where = f"perturbation search {search!r}"
+    options = check_settings(SEARCH_OPTIONS[search], given, where=where, kind="option")
+    subset = options["eval_subset"]
+    if subset is not None and subset > num_train:
+        expected = f"None or at most the {num_train} training examples"
+        raise MeasureError(rejection(where, "eval_subset", expected, subset))
+    return options
 
 
 # ---------------------------------------------------------------------------------- the network
@@ -788,14 +785,8 @@ def perturbation_search(ctx: MeasureContext, search: str, **options: Any) -> Sea
     Args:
         ctx: The model's context; the search needs its training set.
         search: One of :data:`SEARCHES`.
-        **options: Any of :data:`SEARCH_OPTIONS` ``[search]``: the interval ``s_min``, ``s_max``;
-            ``steps`` (M1); ``target`` (d*), ``tolerance`` (ε_d), ``interval_tolerance`` (ε_s);
-            ``draws`` or ``restarts`` (M2); ``eps`` (ε, magnitude-aware searches);
-            ``eval_subset`` (n_E; None scores the full training set); ``sequential_error``
-            (the probability that the sequential test changes any decision; 0 runs the paper's
-            exact procedure); for sharpness ``ascent_steps`` (M4), ``ascent_batch``,
-            ``ascent_rule`` (``"gradient"`` or ``"sign"``) and ``step_size`` (η; None: 0.1 for
-            ``"gradient"``, 0.25 for ``"sign"``).
+        **options: Any of :data:`SEARCH_OPTIONS` ``[search]`` (each declared there with its
+            default and meaning), checked and canonicalized.
 
     Returns:
         The :class:`SearchResult`. A search that did not converge warns.
@@ -889,28 +880,15 @@ def _flatness(
 
 
 def _measure_function(search: str) -> Callable[..., MeasureOutput]:
-    """The function of the three measures built on ``search``: ``fn(ctx, *, quantity, ...)``.
+    """The function of the three measures built on ``search``.
 
-    Its signature lists the search's options with their defaults, :data:`SEARCH_OPTIONS`
-    ``[search]``, which the registry reads as the measures' options; ``quantity`` is fixed by each
-    registration.
+    Each registration fixes its ``quantity``; all take the search's options,
+    :data:`SEARCH_OPTIONS` ``[search]``.
     """
 
-    def measure(ctx: MeasureContext, *, quantity: str, **options: Any) -> MeasureOutput:
-        return _flatness(ctx, search, quantity, options)
+    def measure(ctx: MeasureContext, *, quantity: str, options: SearchOptions) -> MeasureOutput:
+        return _flatness(ctx, search, quantity, options.as_dict())
 
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    measure.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [
-            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("quantity", keyword, annotation=str),
-            *(
-                inspect.Parameter(name, keyword, default=default)
-                for name, default in SEARCH_OPTIONS[search].items()
-            ),
-        ],
-        return_annotation=MeasureOutput,
-    )
     measure.__name__ = measure.__qualname__ = search.replace("-", "_")
     measure.__doc__ = f"Flatness measures from the scale of the ``{search}`` search."
     return measure
@@ -1036,6 +1014,7 @@ for _name, _eq, _search, _quantity, _aliases, _description in _CATALOG:
         needs=("data", "init") if _quantity == "init" else ("data",),
         stochastic="yes",
         aliases=_aliases,
+        options=SEARCH_OPTIONS[_search],
         fixed={"quantity": _quantity},
         description=_description,
     )(_FUNCTIONS[_search])

@@ -11,13 +11,17 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable, Iterable
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genmeasures.errors import MeasureError, UnknownMeasureError
+from genmeasures.validation import Settings, build
 
 if TYPE_CHECKING:
+    from genmeasures.measures.context import MeasureContext
     from genmeasures.measures.result import MeasureOutput
 
 #: The inputs a measure can need (``MEASURES.md`` §1.7 and §6).
@@ -34,14 +38,16 @@ class MeasureSpec:
 
     Attributes:
         name: Canonical kebab-case name (``MEASURES.md`` §1.8).
-        fn: The function computing it, ``fn(ctx, **validate_params(options))``.
+        fn: The function computing it: ``fn(ctx, **fixed)``, or ``fn(ctx, options=..., **fixed)``
+            for a measure with options.
         eq: Equation label in Jiang et al. (2020), e.g. ``"44"`` or ``"27 (=29)"``; ``"-"`` if none.
         family: Family name of the catalog (``"spectral"``, ``"norm"``, ``"path"``, ...).
         needs: Inputs it needs, a subset of :data:`INPUT_KINDS`.
         stochastic: ``"no"``, ``"no*"`` (power iteration from a random start), ``"yes"`` or
             ``"opt"``.
         aliases: Other labels of the paper's tables, matched case-insensitively.
-        defaults: Keyword parameters the measure accepts, with their default values.
+        options: The :class:`~genmeasures.validation.Settings` dataclass declaring the options
+            it takes (defaults, constraints, documentation), or None for a measure without any.
         fixed: Keyword parameters bound by this registration (e.g. the spectral variant); they
             are recorded with every value but cannot be changed.
         description: One line saying what it is.
@@ -54,44 +60,83 @@ class MeasureSpec:
     needs: frozenset[str]
     stochastic: str
     aliases: tuple[str, ...] = ()
-    defaults: dict[str, Any] = field(default_factory=dict)
+    options: type[Settings] | None = None
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
-    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Return the full keyword arguments of ``fn``: fixed ones, defaults, then ``params``.
+    def canonical_options(self, given: Mapping[str, Any]) -> Settings | None:
+        """Check the options given for this measure; return them with defaults, canonicalized.
 
         Raises:
-            MeasureError: if a key is not a parameter of this measure.
+            MeasureError: for an option it does not take or a value it does not accept, in the
+                message grammar of :mod:`genmeasures.validation`.
         """
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            accepted = ", ".join(sorted(self.defaults)) or "none"
-            raise MeasureError(
-                f"measure {self.name!r} got unknown option(s) {unknown}; it accepts: {accepted}"
-            )
-        return {**self.fixed, **self.defaults, **params}
+        if self.options is None:
+            if given:
+                raise MeasureError(
+                    f"measure {self.name!r}: unknown option(s) {', '.join(sorted(given))}; "
+                    "it takes no options."
+                )
+            return None
+        return build(self.options, given, where=f"measure {self.name!r}", kind="option")
+
+    def call(self, ctx: MeasureContext, options: Settings | None) -> MeasureOutput:
+        """Compute the measure with canonical ``options`` (from :meth:`canonical_options`)."""
+        if options is None:
+            return self.fn(ctx, **self.fixed)
+        return self.fn(ctx, options=options, **self.fixed)
+
+    def recorded_params(self, options: Settings | None, seed: int) -> dict[str, Any]:
+        """The parameters stored with a value: fixed ones, every option, the seed if it matters.
+
+        Args:
+            options: Canonical options (:meth:`canonical_options`).
+            seed: The seed of ``compute``; recorded only for measures with a random component.
+        """
+        recorded = {**self.fixed, **({} if options is None else options.as_dict())}
+        if self.stochastic != "no":
+            recorded["seed"] = seed
+        return recorded
+
+    def params_key(self, given: Mapping[str, Any], seed: int) -> str:
+        """The store key of a value computed with these options and seed (:func:`params_key`)."""
+        return params_key(self.recorded_params(self.canonical_options(given), seed))
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of a value's parameters: equal parameters give equal keys.
+
+    Keys are sorted, tuples become lists, non-finite floats null, and any other object its
+    ``repr``; the zoo stores each value under this key.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, str | int | bool) or value is None:
+            return value
+        return repr(value)
+
+    return json.dumps(plain(params), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 _REGISTRY: dict[str, MeasureSpec] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def _keyword_defaults(fn: MeasureFn, fixed: dict[str, Any]) -> dict[str, Any]:
-    defaults = {}
-    for parameter in list(inspect.signature(fn).parameters.values())[1:]:
-        if parameter.name in fixed:
-            continue
-        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
-            raise TypeError(
-                f"measure function {fn.__name__}: parameters after ctx must be keyword-only"
-            )
-        if parameter.default is inspect.Parameter.empty:
-            raise TypeError(
-                f"measure function {fn.__name__}: option {parameter.name!r} needs a default"
-            )
-        defaults[parameter.name] = parameter.default
-    return defaults
+def _check_signature(fn: MeasureFn, options: type[Settings] | None, fixed: dict[str, Any]) -> None:
+    expected = {*fixed, *(("options",) if options is not None else ())}
+    parameters = list(inspect.signature(fn).parameters.values())[1:]
+    received = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if received != expected or len(parameters) != len(received):
+        raise TypeError(
+            f"measure function {fn.__name__}: after ctx it must take exactly the keyword-only "
+            f"parameters {sorted(expected)}, got {[p.name for p in parameters]}"
+        )
 
 
 def register_measure(
@@ -102,6 +147,7 @@ def register_measure(
     needs: Iterable[str] = (),
     stochastic: str = "no",
     aliases: Iterable[str] = (),
+    options: type[Settings] | None = None,
     fixed: dict[str, Any] | None = None,
     description: str | None = None,
 ) -> Callable[[MeasureFn], MeasureFn]:
@@ -114,6 +160,8 @@ def register_measure(
         needs: Inputs it needs (see :data:`INPUT_KINDS`).
         stochastic: One of ``"no"``, ``"no*"``, ``"yes"``, ``"opt"``.
         aliases: Other labels, matched case-insensitively.
+        options: The :class:`~genmeasures.validation.Settings` dataclass of the options it
+            takes; the function then receives them as its keyword-only ``options`` argument.
         fixed: Keyword arguments bound for this registration and hidden from the user's options;
             used to register the ``-reshaped`` variants from the same function.
         description: One line saying what it is; defaults to the first line of the docstring
@@ -132,7 +180,7 @@ def register_measure(
     def decorator(fn: MeasureFn) -> MeasureFn:
         if name in _REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
-        defaults = _keyword_defaults(fn, fixed)
+        _check_signature(fn, options, fixed)
         doc = description or inspect.getdoc(fn) or ""
         _REGISTRY[name] = MeasureSpec(
             name=name,
@@ -142,7 +190,7 @@ def register_measure(
             needs=needs,
             stochastic=stochastic,
             aliases=tuple(aliases),
-            defaults=defaults,
+            options=options,
             fixed=fixed,
             description=doc.splitlines()[0] if doc else "",
         )
@@ -158,18 +206,12 @@ def register_measure(
     return decorator
 
 
-def _ensure_loaded() -> None:
-    # The family modules register their measures on import.
-    import genmeasures.measures.families  # noqa: F401
-
-
 def get_measure(name: str) -> MeasureSpec:
     """Return the spec of a measure by its name or one of its aliases (case-insensitive).
 
     Raises:
         UnknownMeasureError: listing the close matches and how to see every name.
     """
-    _ensure_loaded()
     canonical = _ALIASES.get(name.lower())
     if canonical is not None:
         return _REGISTRY[canonical]
@@ -188,7 +230,6 @@ def list_measures(pattern: str | None = None) -> list[MeasureSpec]:
         pattern: A shell-style glob such as ``"*spec*"``; ``None`` or ``"all"`` selects every
             measure.
     """
-    _ensure_loaded()
     specs = sorted(_REGISTRY.values(), key=_catalog_order)
     if pattern is None or pattern == "all":
         return specs

@@ -17,6 +17,7 @@ import copy
 import math
 import numbers
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from genmeasures.errors import MeasureError, MissingInputError, ModelError, Nume
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure
+from genmeasures.validation import Integer, Maybe, Settings, setting
 
 #: Family name of these measures in the catalog's summary table (``MEASURES.md`` §6).
 FAMILY = "optimization"
@@ -41,6 +43,21 @@ SUBSET_PURPOSE = "grad-noise/subset"
 
 #: Upper bound on the memory of one chunk of per-example gradients, in bytes (counted in float64).
 CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class GradientNoiseOptions(Settings):
+    """Options of the two gradient-noise measures (eqs 65-66)."""
+
+    WHERE = "gradient-noise options"
+    ERROR = MeasureError
+
+    grad_noise_samples: int | None = setting(
+        None,
+        Maybe(Integer(1)),
+        "examples drawn once without replacement with the measure's seed (the same for both "
+        "measures); None uses the whole training set",
+    )
 
 
 # ---------------------------------------------------------------------------------- records
@@ -182,8 +199,6 @@ def _examples(ctx: MeasureContext, samples: int | None) -> tuple[torch.Tensor, t
     m = len(labels)
     if samples is None:
         return inputs, labels
-    if not isinstance(samples, numbers.Integral) or isinstance(samples, bool) or samples < 1:
-        raise MeasureError(f"option grad_noise_samples must be None or an int ≥ 1, got {samples!r}")
     if samples > m:
         raise MeasureError(
             f"option grad_noise_samples = {samples} exceeds the {m} training examples; pass "
@@ -309,10 +324,9 @@ def _epoch1_model(ctx: MeasureContext) -> nn.Module:
     needs=("data", "records"),
     stochastic="opt",
     aliases=("grad noise 1 epoch", "grad Var 1 epoch", "grad-noise-epoch1"),
+    options=GradientNoiseOptions,
 )
-def grad_noise_epoch_1(
-    ctx: MeasureContext, *, grad_noise_samples: int | None = None
-) -> MeasureOutput:
+def grad_noise_epoch_1(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients after the first epoch (eq 65).
 
     Jiang et al. (2020), eq 65; ``MEASURES.md`` §3.8: ``Σ_j ‖g_j − ḡ‖² / n`` with ``g_j`` the
@@ -321,13 +335,13 @@ def grad_noise_epoch_1(
 
     Args:
         ctx: The model's measure context; needs the training set and the records.
-        grad_noise_samples: Use this many training examples, drawn once without replacement
-            with the measure's seed (the same ones as ``grad-noise-final``); None uses them all.
+        options: ``grad_noise_samples``: use this many training examples, drawn once without
+            replacement with the measure's seed (the same ones as ``grad-noise-final``).
 
     Raises:
         UndefinedMeasure: if the records hold no epoch-1 state (training stopped earlier).
     """
-    inputs, labels = _examples(ctx, grad_noise_samples)
+    inputs, labels = _examples(ctx, options.grad_noise_samples)
     model = _epoch1_model(ctx)
     value = _gradient_variance(model, inputs, labels, batch_size=ctx.batch_size)
     return MeasureOutput(value=value, extra={"n": len(labels)})
@@ -340,10 +354,9 @@ def grad_noise_epoch_1(
     needs=("data",),
     stochastic="opt",
     aliases=("grad noise final", "grad Var"),
+    options=GradientNoiseOptions,
 )
-def grad_noise_final(
-    ctx: MeasureContext, *, grad_noise_samples: int | None = None
-) -> MeasureOutput:
+def grad_noise_final(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients at the final weights (eq 66).
 
     Jiang et al. (2020), eq 66; ``MEASURES.md`` §3.8: ``Σ_j ‖g_j − ḡ‖² / n`` with ``g_j`` the
@@ -352,9 +365,9 @@ def grad_noise_final(
 
     Args:
         ctx: The model's measure context; needs the training set.
-        grad_noise_samples: Use this many training examples, drawn once without replacement
-            with the measure's seed (the same ones as ``grad-noise-epoch-1``); None uses them all.
+        options: ``grad_noise_samples``: use this many training examples, drawn once without
+            replacement with the measure's seed (the same ones as ``grad-noise-epoch-1``).
     """
-    inputs, labels = _examples(ctx, grad_noise_samples)
+    inputs, labels = _examples(ctx, options.grad_noise_samples)
     value = _gradient_variance(ctx.model, inputs, labels, batch_size=ctx.batch_size)
     return MeasureOutput(value=value, extra={"n": len(labels)})

@@ -17,10 +17,9 @@ from typing import Any
 from genmeasures.data import Dataset
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning
 from genmeasures.measures import compute
-from genmeasures.measures.compute import recorded_params
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
-from genmeasures.zoo.space import Config, canonical_json
-from genmeasures.zoo.store import Zoo, json_safe
+from genmeasures.zoo.space import Config
+from genmeasures.zoo.store import Zoo
 
 #: Called after each model with (config, models done so far, models to measure).
 ModelCallback = Callable[[Config, int, int], None]
@@ -56,12 +55,11 @@ def _missing(
     seed: int,
     stored: set[tuple[str, str]],
 ) -> list[MeasureSpec]:
-    missing = []
-    for spec in specs:
-        params = recorded_params(spec, spec.validate_params(dict(options.get(spec.name, {}))), seed)
-        if (spec.name, canonical_json(json_safe(params))) not in stored:
-            missing.append(spec)
-    return missing
+    return [
+        spec
+        for spec in specs
+        if (spec.name, spec.params_key(options.get(spec.name, {}), seed)) not in stored
+    ]
 
 
 def measure_zoo(

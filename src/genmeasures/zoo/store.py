@@ -39,6 +39,7 @@ import torch
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
 from genmeasures.measures import MeasureResult, list_measures
+from genmeasures.measures.registry import params_key
 from genmeasures.zoo.checkpoint import (
     EPOCH1_FILE,
     FINAL_FILE,
@@ -515,7 +516,7 @@ class Zoo:
                 (
                     model_hash,
                     r.name,
-                    canonical_json(json_safe(r.params)),
+                    params_key(r.params),
                     _real(r.value),
                     _real(r.log_value),
                     int(r.converged),
