@@ -435,13 +435,13 @@ def test_a_non_finite_diagonal_estimate_is_an_error_naming_the_layer(name, monke
 
 def test_one_diagonal_estimate_serves_every_measure_that_uses_it(monkeypatch):
     estimates = []
-    estimate = curvature._diagonal
+    estimate = curvature.diagonal._diagonal
 
     def counting(ctx, estimator, *args):
         estimates.append(estimator)
         return estimate(ctx, estimator, *args)
 
-    monkeypatch.setattr(curvature, "_diagonal", counting)
+    monkeypatch.setattr(curvature.diagonal, "_diagonal", counting)
     model, data = relu_mlp(), random_data((4,))
     gm.compute(model, data, measures=list(DIAGONAL_MEASURES))
     assert estimates == ["ggn"]

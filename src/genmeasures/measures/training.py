@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.functional import FunctionalNetwork
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure
 from genmeasures.validation import Integer, Maybe, Settings, setting
@@ -245,8 +246,8 @@ def _gradient_variance(
         ModelError: if the model has no parameters.
         NumericalError: if a gradient is not finite (names the parameter).
     """
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = {name: b.detach() for name, b in model.named_buffers()}
+    network = FunctionalNetwork(model)
+    params = network.selected
     if not params:
         raise ModelError("the model has no parameters to take gradients of")
     n = len(labels)
@@ -254,7 +255,7 @@ def _gradient_variance(
     def summed_loss(
         parameters: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
-        logits = functional_call(model, (parameters, buffers), (x,))
+        logits = network(parameters, x)
         return F.cross_entropy(logits, y, reduction="sum")
 
     def example_loss(
