@@ -602,12 +602,12 @@ def test_the_diagonal_is_cached_per_estimator_and_parameters():
             r"'scale-invariant', got 'diag'",
         ),
         ({"estimator": None}, r"estimator must be one of .*got None"),
-        ({"estimator": "ggn", "probes": 0}, r"probes must be an int ≥ 1, got 0"),
-        ({"estimator": "ggn", "probes": True}, r"probes must be an int ≥ 1, got True"),
-        ({"estimator": "ggn", "probes": 2.0}, r"probes must be an int ≥ 1, got 2.0"),
-        ({"estimator": "ggn", "r": 0.0}, r"r must be a finite real > 0, got 0.0"),
-        ({"estimator": "ggn", "r": math.nan}, r"r must be a finite real > 0, got nan"),
-        ({"estimator": "ggn", "eps": -1e-3}, r"eps must be a finite real ≥ 0, got -0.001"),
+        ({"estimator": "ggn", "probes": 0}, r"probes expected an integer >= 1, received 0"),
+        ({"estimator": "ggn", "probes": True}, r"probes expected an integer >= 1, received True"),
+        ({"estimator": "ggn", "probes": 2.0}, r"probes expected an integer >= 1, received 2.0"),
+        ({"estimator": "ggn", "r": 0.0}, r"r expected a finite number > 0, received 0.0"),
+        ({"estimator": "ggn", "r": math.nan}, r"r expected a finite number > 0, received nan"),
+        ({"estimator": "ggn", "eps": -1e-3}, r"eps expected a finite number >= 0, received -0.001"),
     ],
 )
 def test_hessian_diagonal_rejects_bad_arguments(kwargs, message):
@@ -619,11 +619,13 @@ def test_hessian_diagonal_rejects_bad_arguments(kwargs, message):
 
 def test_trace_and_eigenvalue_reject_bad_arguments():
     ctx = make_case("tanh-mlp")
-    with pytest.raises(MeasureError, match=r"hessian_trace: probes must be an int ≥ 1, got 0"):
+    with pytest.raises(
+        MeasureError, match=r"hessian_trace: probes expected an integer >= 1, received 0"
+    ):
         hessian_trace(ctx, probes=0)
-    with pytest.raises(MeasureError, match=r"iterations must be an int ≥ 1, got 0"):
+    with pytest.raises(MeasureError, match=r"iterations expected an integer >= 1, received 0"):
         hessian_max_eigenvalue(ctx, iterations=0)
-    with pytest.raises(MeasureError, match=r"tol must be a finite real > 0, got -1"):
+    with pytest.raises(MeasureError, match=r"tol expected a finite number > 0, received -1"):
         hessian_max_eigenvalue(ctx, tol=-1)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from genmeasures.errors import MeasureError, NumericalError
+from genmeasures.validation import Integer, Real, check
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,10 +49,9 @@ def _where(layer: str) -> str:
 
 
 def _check_options(tol: float, max_iter: int, where: str) -> None:
-    if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
-        raise MeasureError(f"{where}expected tol to be a finite number >= 0, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise MeasureError(f"{where}expected max_iter to be an integer >= 0, got {max_iter!r}")
+    context = where.removesuffix(": ") or "balance"
+    check(tol, Real(0.0), where=context, parameter="tol", error=MeasureError)
+    check(max_iter, Integer(0), where=context, parameter="max_iter", error=MeasureError)
 
 
 def _as_matrix(value: ArrayLike, name: str, where: str) -> np.ndarray:

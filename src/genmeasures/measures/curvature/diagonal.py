@@ -19,13 +19,12 @@ from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.curvature.ggn import _ggn_diagonal
 from genmeasures.measures.curvature.loss import (
     Params,
-    _check_int,
-    _check_real,
     _chunks,
     _like,
     _Loss,
     _weight_names,
 )
+from genmeasures.validation import Integer, Real, check
 
 __all__ = [
     "DEFAULT_EPS",
@@ -194,9 +193,10 @@ def hessian_diagonal(
             f"hessian_diagonal: estimator must be one of {', '.join(map(repr, ESTIMATORS))}, "
             f"got {estimator!r}"
         )
-    probes = _check_int("hessian_diagonal", "probes", probes, 1)
-    r = _check_real("hessian_diagonal", "r", r, positive=True)
-    eps = _check_real("hessian_diagonal", "eps", eps, positive=False)
+    where = "hessian_diagonal"
+    probes = check(probes, Integer(1), where=where, parameter="probes", error=MeasureError)
+    r = check(r, Real(0.0, open_minimum=True), where=where, parameter="r", error=MeasureError)
+    eps = check(eps, Real(0.0), where=where, parameter="eps", error=MeasureError)
     options = {"probes": probes, "r": r, "eps": eps}
     used = tuple(options[name] for name in DIAGONAL_ESTIMATORS[estimator].options)
     key: tuple[object, ...] = ("hessian-diagonal", estimator, *used)

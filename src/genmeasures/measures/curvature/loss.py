@@ -9,8 +9,6 @@ estimators. :func:`hvp` is the public Hessian-vector product w.r.t. every parame
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -30,28 +28,6 @@ CHUNK_BYTES = 64 * 2**20
 #: At most this many vectors go through one vectorized (``vmap``) pass, which also bounds the
 #: activation memory to this many copies of one mini-batch's.
 MAX_VECTORS_PER_PASS = 32
-
-
-# ---------------------------------------------------------------------------------- validation
-
-
-def _check_int(function: str, name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise MeasureError(f"{function}: {name} must be an int ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(function: str, name: str, value: object, *, positive: bool) -> float:
-    valid = (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > 0 if positive else value >= 0)
-    )
-    if not valid:
-        bound = "> 0" if positive else "≥ 0"
-        raise MeasureError(f"{function}: {name} must be a finite real {bound}, got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------- the loss

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genmeasures.errors import GenMeasuresWarning
+from genmeasures.errors import GenMeasuresWarning, MeasureError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.curvature.diagonal import _exact_diagonal
-from genmeasures.measures.curvature.loss import _check_int, _check_real, _chunks, _like, _Loss
+from genmeasures.measures.curvature.loss import _chunks, _like, _Loss
+from genmeasures.validation import Integer, Real, check
 
 __all__ = [
     "LANCZOS_PURPOSE",
@@ -65,7 +66,9 @@ def hessian_trace_samples(
     Raises:
         MeasureError: for ``probes`` that is not an int ≥ 1.
     """
-    probes = _check_int("hessian_trace", "probes", probes, 1)
+    probes = check(
+        probes, Integer(1), where="hessian_trace", parameter="probes", error=MeasureError
+    )
     loss = _Loss(ctx)
     if exact:
         return {n: d.sum().reshape(1) for n, d in _exact_diagonal(loss).items()}
@@ -168,8 +171,11 @@ def hessian_top_eigenpair(
     Raises:
         MeasureError: for an invalid ``iterations`` or ``tol``.
     """
-    iterations = _check_int("hessian_max_eigenvalue", "iterations", iterations, 1)
-    tol = _check_real("hessian_max_eigenvalue", "tol", tol, positive=True)
+    where = "hessian_max_eigenvalue"
+    iterations = check(
+        iterations, Integer(1), where=where, parameter="iterations", error=MeasureError
+    )
+    tol = check(tol, Real(0.0, open_minimum=True), where=where, parameter="tol", error=MeasureError)
     loss = _Loss(ctx)
     generator = ctx.generator(LANCZOS_PURPOSE) if generator is None else generator
     steps = min(iterations, loss.size)
