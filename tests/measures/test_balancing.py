@@ -19,11 +19,11 @@ from scipy.sparse.csgraph import connected_components
 from genmeasures.errors import MeasureError, NumericalError
 from genmeasures.measures.balancing import (
     Balance,
-    _strong_components,
     balance,
     balance_objective,
     balance_two_sided,
 )
+from genmeasures.measures.balancing.components import _strong_components
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -20,6 +20,7 @@ from torch.func import functional_call
 from genmeasures.errors import GenMeasuresWarning, MeasureError
 from genmeasures.measures import curvature
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.curvature import ggn as ggn_module
 from genmeasures.measures.curvature import (
     hessian_diagonal,
     hessian_max_eigenvalue,
@@ -28,6 +29,7 @@ from genmeasures.measures.curvature import (
     hessian_trace_samples,
     hvp,
 )
+from genmeasures.measures.curvature import loss as loss_module
 from reference import loss_hessian
 
 # ----------------------------------------------------------------------------- tiny networks
@@ -433,9 +435,9 @@ def odd_layer_case(build, input_shape: tuple[int, ...]) -> MeasureContext:
     return context(randomized(build().double(), seed=5, scale=0.6), (inputs, labels), batch_size=5)
 
 
-def ggn_loss(ctx: MeasureContext) -> curvature._Loss:
+def ggn_loss(ctx: MeasureContext) -> loss_module._Loss:
     """The loss as the GGN estimators see it: differentiated in the layers' weights only."""
-    return curvature._Loss(ctx, list(dict.fromkeys(curvature._weight_names(ctx))))
+    return loss_module._Loss(ctx, list(dict.fromkeys(loss_module._weight_names(ctx))))
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
@@ -443,9 +445,9 @@ def ggn_loss(ctx: MeasureContext) -> curvature._Loss:
 def test_fast_ggn_path_equals_the_per_example_path(case):
     ctx = odd_layer_case(*FAST_GGN_CASES[case])
     loss = ggn_loss(ctx)
-    fast = curvature._ggn_diagonal_by_layer(loss)
+    fast = ggn_module._ggn_diagonal_by_layer(loss)
     assert fast is not None  # the fast path handles these layers
-    slow = curvature._ggn_diagonal_per_example(loss)
+    slow = ggn_module._ggn_diagonal_per_example(loss)
     assert list(fast) == list(slow) == loss.names
     for name in loss.names:
         scale = float(slow[name].abs().max())
@@ -458,7 +460,7 @@ def test_conv3d_falls_back_to_the_per_example_ggn_which_is_exact_on_relu():
         nn.Conv3d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)
     )
     ctx = odd_layer_case(build, (1, 3, 3, 3))
-    assert curvature._ggn_diagonal_by_layer(ggn_loss(ctx)) is None
+    assert ggn_module._ggn_diagonal_by_layer(ggn_loss(ctx)) is None
     ggn = hessian_diagonal(ctx, "ggn")
     assert [tuple(d.shape) for d in ggn] == [(2, 8), (3, 16)]
     assert all(d.abs().max() > 0 for d in ggn)

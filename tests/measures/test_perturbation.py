@@ -33,12 +33,10 @@ from genmeasures.measures.perturbation import (
     SEARCH_OPTIONS,
     SEARCHES,
     SearchResult,
-    _combined_interval,
-    _kl_interval,
-    _Rule,
-    _Search,
     perturbation_search,
 )
+from genmeasures.measures.perturbation.bisection import _Search
+from genmeasures.measures.perturbation.sequential import _combined_interval, _kl_interval, _Rule
 from reference import perturbation_search_by_loops
 
 DTYPE = torch.float64

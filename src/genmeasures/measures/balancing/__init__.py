@@ -45,10 +45,6 @@ component and its scaled matrix), ``solver`` (Osborne and Newton steps), ``certi
 duality gap), ``result`` (:class:`Balance`, validation), ``constants`` (defaults, tolerances).
 """
 
-# _strong_components is private; re-exported for tests/measures/test_balancing.py
-from genmeasures.measures.balancing.components import (
-    _strong_components as _strong_components,
-)
 from genmeasures.measures.balancing.constants import (
     ARMIJO,
     CERTIFY_FACTOR,

@@ -41,17 +41,8 @@ from genmeasures.measures.curvature.diagonal import (
     DiagonalEstimator,
     hessian_diagonal,
 )
-from genmeasures.measures.curvature.diagonal import _diagonal as _diagonal
 from genmeasures.measures.curvature.ggn import LAYER_RULES, LayerRule
-from genmeasures.measures.curvature.ggn import (
-    _ggn_diagonal_by_layer as _ggn_diagonal_by_layer,
-)
-from genmeasures.measures.curvature.ggn import (
-    _ggn_diagonal_per_example as _ggn_diagonal_per_example,
-)
 from genmeasures.measures.curvature.loss import CHUNK_BYTES, MAX_VECTORS_PER_PASS, Params, hvp
-from genmeasures.measures.curvature.loss import _Loss as _Loss
-from genmeasures.measures.curvature.loss import _weight_names as _weight_names
 from genmeasures.measures.curvature.spectrum import (
     LANCZOS_PURPOSE,
     TRACE_PURPOSE,

@@ -51,9 +51,6 @@ Chernoff/KL sequential test), ``network`` (θ as a flat vector), ``results``
 """
 
 from genmeasures.measures.perturbation import flatness as flatness  # registers the measures
-from genmeasures.measures.perturbation.bisection import (
-    _Search as _Search,
-)
 from genmeasures.measures.perturbation.bisection import perturbation_search
 from genmeasures.measures.perturbation.options import (
     MAGNITUDE_EPS,
@@ -80,18 +77,7 @@ from genmeasures.measures.perturbation.searches import (
 from genmeasures.measures.perturbation.sequential import (
     FIRST_LOOK,
 )
-from genmeasures.measures.perturbation.sequential import (
-    _combined_interval as _combined_interval,
-)
-from genmeasures.measures.perturbation.sequential import (
-    _kl_interval as _kl_interval,
-)
-from genmeasures.measures.perturbation.sequential import (
-    _Rule as _Rule,
-)
 
-# The private names imported above as themselves (_Search, _Rule, ...) are re-exported for the
-# tests, which reach into them.
 __all__ = [
     "BOX",
     "FIRST_LOOK",
