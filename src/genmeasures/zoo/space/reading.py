@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from genmeasures.data import DATASETS, list_datasets
+from genmeasures.data import list_datasets
 from genmeasures.errors import MeasureError, SpaceError
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import list_models
@@ -37,7 +37,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = ["list_presets", "load_space", "space_from_dict"]
 
-_TOP_LEVEL = ("name", "description", "measures", "fixed", "grid", "canonical")
+_SECTIONS = ("fixed", "grid", "canonical")
+_TOP_LEVEL = ("name", "description", "measures", *_SECTIONS)
 
 
 def space_from_dict(
@@ -63,6 +64,46 @@ def space_from_dict(
     """
     if not isinstance(data, Mapping):
         fail(source, "space", data, "a table with description, fixed, grid and canonical")
+    space_name, description, measures = _header(data, source, name)
+    fixed_in, grid_in, canonical_in = (_section(data, source, key) for key in _SECTIONS)
+    model = _checked_model(source, fixed_in, grid_in)
+    settings = all_settings(model)
+    known = [*FIXED_ONLY, *settings]
+    for section, table in (("fixed", fixed_in), ("grid", grid_in)):
+        for key, value in table.items():
+            if key not in known:
+                fail(
+                    source,
+                    f"{section}.{key}",
+                    value,
+                    f"a setting of a space with model {model!r}: {', '.join(known)}",
+                    close(key, known),
+                )
+    fixed = _read_fixed(source, fixed_in, grid_in, settings)
+    grid = {
+        key: (
+            _per_optimizer(source, f"grid.{key}", values, settings[key], grid=True)
+            if key in PER_OPTIMIZER and isinstance(values, Mapping)
+            else parse_list(source, f"grid.{key}", values, settings[key])
+        )
+        for key, values in grid_in.items()
+    }
+    _check_every_optimizer_has_its_value(source, fixed, grid, settings)
+    return Space(
+        name=space_name,
+        description=description,
+        fixed=fixed,
+        grid=grid,
+        canonical=read_canonical(source, canonical_in, settings, grid),
+        measures=measures,
+        source=source,
+    )
+
+
+def _header(
+    data: Mapping[str, Any], source: str, name: str | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """The top-level keys checked: the space's name, description and measures list."""
     for key, value in data.items():
         if key not in _TOP_LEVEL:
             fail(
@@ -89,14 +130,18 @@ def space_from_dict(
         resolve_measures(measures)
     except MeasureError as error:
         raise SpaceError(f"{source}: measures: {error}") from None
-    sections = {}
-    for section in ("fixed", "grid", "canonical"):
-        value = data.get(section, {})
-        if not isinstance(value, Mapping):
-            fail(source, section, value, f"a table [{section}]")
-        sections[section] = dict(value)
-    fixed_in, grid_in, canonical_in = sections["fixed"], sections["grid"], sections["canonical"]
+    return space_name, description, tuple(measures)
 
+
+def _section(data: Mapping[str, Any], source: str, section: str) -> dict[str, Any]:
+    value = data.get(section, {})
+    if not isinstance(value, Mapping):
+        fail(source, section, value, f"a table [{section}]")
+    return dict(value)
+
+
+def _checked_model(source: str, fixed_in: Mapping[str, Any], grid_in: Mapping[str, Any]) -> str:
+    """Check the fixed dataset and model, which every other setting depends on; the model."""
     for key in FIXED_ONLY:
         if key in grid_in:
             fail(
@@ -105,40 +150,31 @@ def space_from_dict(
                 grid_in[key],
                 f"{key} in [fixed] (it cannot be varied: one {key} per space)",
             )
-    dataset = fixed_in.get("dataset")
-    if dataset not in DATASETS:
-        fail(
-            source,
-            "fixed.dataset",
-            dataset,
-            f"one of {', '.join(list_datasets())}",
-            close(str(dataset), DATASETS) if isinstance(dataset, str) else "",
-        )
-    model = fixed_in.get("model")
-    if model not in list_models():
-        fail(
-            source,
-            "fixed.model",
-            model,
-            f"one of {', '.join(list_models())}",
-            close(str(model), list_models()) if isinstance(model, str) else "",
-        )
-    settings = all_settings(model)
-    known = [*FIXED_ONLY, *settings]
-
-    def check_known(section: str, key: str, value: Any) -> None:
-        if key not in known:
+    dataset, model = fixed_in.get("dataset"), fixed_in.get("model")
+    for key, value, names in (
+        ("dataset", dataset, list_datasets()),
+        ("model", model, list_models()),
+    ):
+        if value not in names:
             fail(
                 source,
-                f"{section}.{key}",
+                f"fixed.{key}",
                 value,
-                f"a setting of a space with model {model!r}: {', '.join(known)}",
-                close(key, known),
+                f"one of {', '.join(names)}",
+                close(str(value), names) if isinstance(value, str) else "",
             )
+    return fixed_in["model"]
 
-    fixed: dict[str, Any] = {"dataset": dataset, "model": model}
+
+def _read_fixed(
+    source: str,
+    fixed_in: Mapping[str, Any],
+    grid_in: Mapping[str, Any],
+    settings: Mapping[str, Declared],
+) -> dict[str, Any]:
+    dataset = fixed_in["dataset"]
+    fixed: dict[str, Any] = {"dataset": dataset, "model": fixed_in["model"]}
     for key, value in fixed_in.items():
-        check_known("fixed", key, value)
         if key in ("dataset", "model"):
             continue
         if key == "dataset_options":
@@ -156,40 +192,33 @@ def space_from_dict(
             fixed[key] = _per_optimizer(source, f"fixed.{key}", value, settings[key], grid=False)
         else:
             fixed[key] = parse(source, f"fixed.{key}", value, settings[key])
+    return fixed
 
-    grid: dict[str, Any] = {}
-    for key, values in grid_in.items():
-        check_known("grid", key, values)
-        if key in PER_OPTIMIZER and isinstance(values, Mapping):
-            grid[key] = _per_optimizer(source, f"grid.{key}", values, settings[key], grid=True)
-        else:
-            grid[key] = parse_list(source, f"grid.{key}", values, settings[key])
 
+def _check_every_optimizer_has_its_value(
+    source: str,
+    fixed: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    settings: Mapping[str, Declared],
+) -> None:
+    """A per-optimizer table names every optimizer the configurations use."""
     optimizers = grid.get("optimizer", (fixed.get("optimizer", settings["optimizer"].default),))
     where = "grid.optimizer" if "optimizer" in grid else "fixed.optimizer"
     for section, table in (("fixed", fixed), ("grid", grid)):
         for key in PER_OPTIMIZER:
-            if isinstance(table.get(key), dict):
-                for optimizer in optimizers:
-                    if optimizer not in table[key]:
-                        fail(
-                            source,
-                            f"{section}.{key}",
-                            table[key],
-                            f"a value for optimizer {optimizer!r}, which the configurations "
-                            f"use ({where}); give one for each of {', '.join(optimizers)}",
-                        )
-
-    canonical = read_canonical(source, canonical_in, settings, grid)
-    return Space(
-        name=space_name,
-        description=description,
-        fixed=fixed,
-        grid=grid,
-        canonical=canonical,
-        measures=tuple(measures),
-        source=source,
-    )
+            missing = [
+                optimizer
+                for optimizer in optimizers
+                if isinstance(table.get(key), dict) and optimizer not in table[key]
+            ]
+            if missing:
+                fail(
+                    source,
+                    f"{section}.{key}",
+                    table[key],
+                    f"a value for optimizer {missing[0]!r}, which the configurations "
+                    f"use ({where}); give one for each of {', '.join(optimizers)}",
+                )
 
 
 def _per_optimizer(
