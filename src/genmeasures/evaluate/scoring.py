@@ -125,6 +125,33 @@ def measure_columns(table: pd.DataFrame, gap: str, hparams: Sequence[str]) -> tu
     )
 
 
+def _measure_names(
+    table: pd.DataFrame, measures: Sequence[str] | None, gap: str, names: Sequence[str]
+) -> tuple[str, ...]:
+    """The measure columns to score: those named, or every measure column of the table."""
+    chosen = tuple(measures) if measures is not None else measure_columns(table, gap, names)
+    if not chosen:
+        raise EvaluationError(
+            "no measure column to score: name them (measures=[...] / --measures); columns: "
+            + ", ".join(map(str, table.columns))
+        )
+    require_columns(table, chosen, "measure")
+    return chosen
+
+
+def _scored_rows(table: pd.DataFrame, gap: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The finished models with a finite gap, their gaps, and how many rows were not finished."""
+    finished, excluded = done_rows(table)
+    g = numeric_column(finished, gap, "gap")
+    gap_ok = np.isfinite(g)
+    if gap_ok.sum() < 2:
+        raise EvaluationError(
+            f"scoring needs at least 2 finished models with a finite gap; got {int(gap_ok.sum())}"
+            f" of {len(table)} rows ({excluded} not finished)"
+        )
+    return finished[gap_ok], g[gap_ok], excluded
+
+
 def score_table(
     table: pd.DataFrame,
     measures: Sequence[str] | str | None = None,
@@ -176,25 +203,10 @@ def score_table(
     require_columns(table, [gap], "gap")
     if isinstance(measures, str):
         measures = [measures]
-    chosen = tuple(measures) if measures is not None else measure_columns(table, gap, names)
-    if not chosen:
-        raise EvaluationError(
-            "no measure column to score: name them (measures=[...] / --measures); columns: "
-            + ", ".join(map(str, table.columns))
-        )
-    require_columns(table, chosen, "measure")
+    chosen = _measure_names(table, measures, gap, names)
     if architecture is not None:
         require_columns(table, [architecture], "architecture")
-    finished, excluded = done_rows(table)
-    g = numeric_column(finished, gap, "gap")
-    gap_ok = np.isfinite(g)
-    if gap_ok.sum() < 2:
-        raise EvaluationError(
-            f"scoring needs at least 2 finished models with a finite gap; got {int(gap_ok.sum())}"
-            f" of {len(table)} rows ({excluded} not finished)"
-        )
-    scored = finished[gap_ok]
-    g = g[gap_ok]
+    scored, g, excluded = _scored_rows(table, gap)
     codes = level_codes(scored[list(names)])
     design = _design(codes)
 
