@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmeasures.errors import StudyError
+from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.worker import collect_unit, train_unit
@@ -51,18 +52,12 @@ class TrainSummary:
 
 
 def _unit_key(config: Config) -> str:
-    training = config.training
+    """What configs must share to train in one vmapped batch (:data:`SHARED_FIELDS`)."""
     return canonical_json(
         {
             "data": config.data_hash,
             "model": [config.model, config.model_hparams],
-            "batch": [
-                training.batch_size,
-                training.optimizer,
-                training.ce_check,
-                training.check_every,
-                training.check_batches,
-            ],
+            "batch": [getattr(config.training, name) for name in SHARED_FIELDS],
         }
     )
 
@@ -72,9 +67,10 @@ def plan_units(
 ) -> list[list[Config]]:
     """Cut configs into units of work, in grid order of their first member.
 
-    With ``batched``, configs that share data, architecture, batch size and optimizer (and the
-    loss-check settings) form one unit, split so that units have at most ``max_unit`` members
-    and, when there are fewer groups than ``workers``, so that every worker gets a unit.
+    With ``batched``, configs that share data, architecture and the settings a batch shares
+    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size, optimizer, loss checks) form one
+    unit, split so that units have at most ``max_unit`` members and, when there are fewer groups
+    than ``workers``, so that every worker gets a unit.
 
     Args:
         configs: The configs to train.
