@@ -20,6 +20,7 @@ from typing import Any
 from genmeasures.errors import StudyError
 from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.worker import collect_unit, train_unit
 
@@ -37,14 +38,15 @@ class TrainSummary:
     """What one :func:`train_zoo` call did.
 
     Attributes:
-        trained: Results stored by this call, by status.
+        trained: Results stored by this call, by status
+            (:class:`~genmeasures.zoo.states.ModelState`).
         skipped: Models already finished before the call.
         reset: Rows left ``running`` by a dead process and retried.
         invalidated: Models whose checkpoint failed verification and were retrained.
         seconds: Wall time of the call.
     """
 
-    trained: dict[str, int] = field(default_factory=dict)
+    trained: dict[ModelState, int] = field(default_factory=dict)
     skipped: int = 0
     reset: int = 0
     invalidated: int = 0
