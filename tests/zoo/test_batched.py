@@ -11,12 +11,8 @@ from torch import nn
 import genmeasures as gm
 from genmeasures.data import Dataset
 from genmeasures.errors import TrainingError
-from genmeasures.zoo.batched import (
-    SHARED_FIELDS,
-    _plain_mlp_layers,
-    batch_incompatibility,
-    train_batched,
-)
+from genmeasures.zoo.batched import SHARED_FIELDS, batch_incompatibility, train_batched
+from genmeasures.zoo.stacked import plain_mlp_layers
 from genmeasures.zoo.train import TrainingConfig, TrainingRun, train_to_target
 
 RTOL = 1e-6
@@ -123,7 +119,7 @@ def test_each_member_trains_as_it_would_alone(
     models = [mlp(data, seed=i).double() for i in range(len(configs))]
     if not plain:
         models = [leaky(model) for model in models]
-    assert (_plain_mlp_layers(models[0]) is not None) == plain
+    assert (plain_mlp_layers(models[0]) is not None) == plain
     alone = [
         train_to_target(copy.deepcopy(model), data, config)
         for model, config in zip(models, configs, strict=True)
@@ -229,9 +225,9 @@ def test_frozen_parameters_and_multidimensional_inputs() -> None:
         assert not torch.equal(run.model.out.weight, run.init_model.out.weight)
 
 
-def test_plain_mlp_layers() -> None:
+def testplain_mlp_layers() -> None:
     data = make_blobs(8)
-    layers = _plain_mlp_layers(mlp(data, seed=0, depth=2, dropout=0.0))
+    layers = plain_mlp_layers(mlp(data, seed=0, depth=2, dropout=0.0))
     assert layers == [
         ("flatten", 1, -1),
         ("linear", "fc1.weight", "fc1.bias"),
@@ -240,12 +236,12 @@ def test_plain_mlp_layers() -> None:
         ("relu",),
         ("linear", "out.weight", "out.bias"),
     ]
-    assert _plain_mlp_layers(mlp(data, seed=0, bias=False))[1] == ("linear", "fc1.weight", None)
-    assert _plain_mlp_layers(leaky(mlp(data, seed=0))) is None
-    assert _plain_mlp_layers(nn.Linear(2, 2)) is None  # not a Sequential: vmap
+    assert plain_mlp_layers(mlp(data, seed=0, bias=False))[1] == ("linear", "fc1.weight", None)
+    assert plain_mlp_layers(leaky(mlp(data, seed=0))) is None
+    assert plain_mlp_layers(nn.Linear(2, 2)) is None  # not a Sequential: vmap
     hooked = mlp(data, seed=0)
     hooked.fc1.register_forward_hook(lambda module, args, out: out * 2)
-    assert _plain_mlp_layers(hooked) is None
+    assert plain_mlp_layers(hooked) is None
 
 
 def test_global_rng_is_left_alone() -> None:

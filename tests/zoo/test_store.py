@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from genmeasures.errors import GenMeasuresWarning
+from genmeasures.zoo import schema
 from genmeasures.zoo.executors import plan_units, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
-from genmeasures.zoo.space import Space, space_from_dict
+from genmeasures.zoo.schema import SCHEMA_VERSION
+from genmeasures.zoo.space import Space, canonical_json, space_from_dict
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import (
     CHECKPOINT_DIR,
     DATABASE_FILE,
@@ -254,3 +257,142 @@ def test_plan_units_groups_shared_architectures() -> None:
     assert [len(u) for u in plan_units(configs, batched=False)] == [1] * 12
     assert max(len(u) for u in plan_units(configs, batched=True, max_unit=4)) == 4
     assert len(plan_units(configs[:6], batched=True, workers=2)) == 2
+
+
+#: The tables of a study as genmeasures wrote them before the schema carried a version (v1).
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE models (
+    hash TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    hparams TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'not-converged',
+        'diverged', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    train_ce REAL, train_error REAL, test_ce REAL, test_error REAL, gap REAL, steps REAL,
+    seconds REAL,
+    records TEXT,
+    checkpoints TEXT,
+    error TEXT,
+    updated REAL
+);
+CREATE TABLE measures (
+    model TEXT NOT NULL REFERENCES models (hash),
+    name TEXT NOT NULL,
+    params TEXT NOT NULL,
+    value REAL,
+    log_value REAL,
+    converged INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT,
+    extra TEXT,
+    version TEXT NOT NULL,
+    PRIMARY KEY (model, name, params)
+);
+"""
+
+
+STATUSES_V1 = ("done", "pending", "failed", "pending")
+
+
+def write_v1_study(folder: Path, space: Space) -> Path:
+    """A study folder as the genmeasures before schema versions made it (one row done)."""
+    folder.mkdir(parents=True)
+    (folder / CHECKPOINT_DIR).mkdir()
+    connection = sqlite3.connect(folder / DATABASE_FILE)
+    with connection:
+        connection.executescript(V1_SCHEMA)
+        connection.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("space", canonical_json(space.to_json())),
+                ("space_hash", space.hash),
+                ("created", "0"),
+                ("genmeasures_version", "0.1.0"),
+            ],
+        )
+        connection.executemany(
+            "INSERT INTO models (hash, idx, config, hparams, status, updated) "
+            "VALUES (?, ?, ?, ?, ?, 0)",
+            [
+                (c.hash, c.index, canonical_json(c.to_json()), canonical_json(c.hparams), status)
+                for c, status in zip(space.configs(), STATUSES_V1, strict=True)
+            ],
+        )
+    connection.close()
+    return folder
+
+
+def user_version(folder: Path) -> int:
+    connection = sqlite3.connect(folder / DATABASE_FILE)
+    try:
+        return connection.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_a_new_study_records_the_schema_version(tmp_path: Path) -> None:
+    Zoo.create(tmp_path / "study", tiny_space()).close()
+    assert user_version(tmp_path / "study") == SCHEMA_VERSION == 2
+
+
+def test_a_study_without_a_schema_version_is_migrated_on_open(tmp_path: Path) -> None:
+    folder = write_v1_study(tmp_path / "study", tiny_space())
+    assert user_version(folder) == 0
+    with Zoo(folder) as zoo:
+        assert zoo.counts() == {
+            "pending": 2,
+            "running": 0,
+            "done": 1,
+            "not-converged": 0,
+            "diverged": 0,
+            "failed": 1,
+        }
+        assert [c.index for c in zoo.to_train(retry_failed=True)] == [1, 2, 3]
+        zoo.mark_running([zoo.configs()[1].hash])
+    assert user_version(folder) == SCHEMA_VERSION
+    with Zoo.create(folder, tiny_space()) as zoo:  # reopened as a current study
+        assert zoo.reset_stale() == 1
+
+
+def test_a_failed_migration_changes_nothing_and_says_how_to_migrate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_v1_study(tmp_path / "study", tiny_space())
+    broken = ("CREATE TABLE extra (x)", "INSERT INTO no_such_table VALUES (1)")
+    monkeypatch.setitem(schema.MIGRATIONS, 1, broken)
+    with pytest.raises(
+        StudyError,
+        match=r"schema version 1 \(made by genmeasures 0\.1\.0\).* uses version 2 (.|\n)*"
+        r"open it again",
+    ):
+        Zoo(folder)
+    assert user_version(folder) == 0
+    connection = sqlite3.connect(folder / DATABASE_FILE)
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+    connection.close()
+    assert "extra" not in tables, "the migration runs in one transaction"
+
+
+def test_a_study_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Zoo.create(tmp_path / "study", tiny_space()).close()
+    connection = sqlite3.connect(tmp_path / "study" / DATABASE_FILE)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(
+        StudyError, match=r"schema version 3 \(made by genmeasures .*\), newer than version 2"
+    ):
+        Zoo(tmp_path / "study")
+
+
+def test_model_states_are_stored_as_their_strings(trained: Zoo) -> None:
+    assert all(state.is_finished for state in (ModelState.DONE, ModelState.FAILED))
+    assert not ModelState.RUNNING.is_finished and not ModelState.FAILED.is_trained
+    assert f"{ModelState.NOT_CONVERGED}" == str(ModelState.NOT_CONVERGED) == "not-converged"
+    connection = sqlite3.connect(trained.path / DATABASE_FILE)
+    rows = connection.execute("SELECT DISTINCT status, typeof(status) FROM models").fetchall()
+    connection.close()
+    assert rows == [("done", "text")]
+    assert next(iter(trained.counts())) is ModelState.PENDING

@@ -11,7 +11,9 @@ from torch import nn
 
 import genmeasures as gm
 from genmeasures.data import Dataset
+from genmeasures.zoo.optimizers import OPTIMIZER_TABLE, get_optimizer
 from genmeasures.zoo.train import (
+    OPTIMIZERS,
     TrainingConfig,
     TrainingError,
     TrainingRun,
@@ -352,3 +354,18 @@ def test_learning_rate_drops_tenfold_at_each_milestone() -> None:
     assert TrainingConfig(lr_milestones=[3, 5]).lr_milestones == (3, 5)
     with pytest.raises(TrainingError, match="lr_milestones"):
         TrainingConfig(lr_milestones=(5, 3))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_optimizer_table_builds_each_torch_optimizer(name: str) -> None:
+    entry = OPTIMIZER_TABLE[name]
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = entry.build(params, lr=0.1, l2=1e-3)
+    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+    assert type(optimizer) is expected[name]
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.1 and group["weight_decay"] == 1e-3
+    if name == "sgd":
+        assert group["momentum"] == 0.9 and group["dampening"] == 0 and not group["nesterov"]
+    with pytest.raises(TrainingError, match="optimizer must be one of"):
+        get_optimizer("lbfgs")

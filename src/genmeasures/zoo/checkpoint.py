@@ -35,6 +35,7 @@ from genmeasures.errors import ModelError
 from genmeasures.models import build_model
 
 if TYPE_CHECKING:
+    from genmeasures.zoo.states import ModelState
     from genmeasures.zoo.train import TrainingRun
 
 SPEC_KEYS = ("name", "input_shape", "num_classes", "hparams")
@@ -162,7 +163,7 @@ def write_run(
     final_state: Mapping[str, torch.Tensor],
     init_state: Mapping[str, torch.Tensor],
     records: Mapping[str, Any],
-    status: str,
+    status: ModelState,
     metrics: Mapping[str, float],
     spec: Mapping[str, Any],
 ) -> Path:
@@ -193,7 +194,7 @@ def write_run(
     json_records["ce_checks"] = [
         [int(t), _finite_or_none(ce)] for t, ce in json_records.get("ce_checks", [])
     ]
-    json_records["status"] = status
+    json_records["status"] = str(status)
     json_records["metrics"] = {key: _finite_or_none(value) for key, value in metrics.items()}
     _write_json(folder / RECORDS_FILE, json_records)
     save_spec(folder / SPEC_FILE, spec)

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmeasures.errors import StudyError
+from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.worker import collect_unit, train_unit
 
@@ -36,14 +38,15 @@ class TrainSummary:
     """What one :func:`train_zoo` call did.
 
     Attributes:
-        trained: Results stored by this call, by status.
+        trained: Results stored by this call, by status
+            (:class:`~genmeasures.zoo.states.ModelState`).
         skipped: Models already finished before the call.
         reset: Rows left ``running`` by a dead process and retried.
         invalidated: Models whose checkpoint failed verification and were retrained.
         seconds: Wall time of the call.
     """
 
-    trained: dict[str, int] = field(default_factory=dict)
+    trained: dict[ModelState, int] = field(default_factory=dict)
     skipped: int = 0
     reset: int = 0
     invalidated: int = 0
@@ -51,18 +54,12 @@ class TrainSummary:
 
 
 def _unit_key(config: Config) -> str:
-    training = config.training
+    """What configs must share to train in one vmapped batch (:data:`SHARED_FIELDS`)."""
     return canonical_json(
         {
             "data": config.data_hash,
             "model": [config.model, config.model_hparams],
-            "batch": [
-                training.batch_size,
-                training.optimizer,
-                training.ce_check,
-                training.check_every,
-                training.check_batches,
-            ],
+            "batch": [getattr(config.training, name) for name in SHARED_FIELDS],
         }
     )
 
@@ -72,9 +69,10 @@ def plan_units(
 ) -> list[list[Config]]:
     """Cut configs into units of work, in grid order of their first member.
 
-    With ``batched``, configs that share data, architecture, batch size and optimizer (and the
-    loss-check settings) form one unit, split so that units have at most ``max_unit`` members
-    and, when there are fewer groups than ``workers``, so that every worker gets a unit.
+    With ``batched``, configs that share data, architecture and the settings a batch shares
+    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size, optimizer, loss checks) form one
+    unit, split so that units have at most ``max_unit`` members and, when there are fewer groups
+    than ``workers``, so that every worker gets a unit.
 
     Args:
         configs: The configs to train.

@@ -19,6 +19,7 @@ from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning
 from genmeasures.measures import compute
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.zoo.space import Config
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
 
 #: Called after each model with (config, models done so far, models to measure).
@@ -94,7 +95,7 @@ def measure_zoo(
     specs = [spec for spec, _ in resolve_measures(measures)]
     options = {get_measure(name).name: value for name, value in (options or {}).items()}
     summary = MeasureSummary()
-    configs = zoo.configs(("done",))
+    configs = zoo.configs((ModelState.DONE,))
     dataset: tuple[str, Dataset] | None = None
     seen_warnings: dict[str, None] = {}
     for position, config in enumerate(configs, start=1):

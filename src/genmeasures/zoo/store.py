@@ -2,17 +2,19 @@
 
 Layout (``ARCHITECTURE.md``, "Store")::
 
-    <study>/zoo.sqlite                tables meta, models, measures
+    <study>/zoo.sqlite                tables meta, models, measures (schema: zoo/schema.py)
     <study>/checkpoints/<hash>/       init/final/epoch1.safetensors, records.json, model.json
     <study>/.lock                     held (flock) by the one process training the study
 
-A model row moves ``pending → running → done | not-converged | diverged | failed``. Every write
+A model row moves ``pending → running → done | not-converged | diverged | failed``
+(:class:`~genmeasures.zoo.states.ModelState`). Every write
 is one SQLite transaction, every checkpoint file is written under a temporary name and renamed,
 and a result row is committed only after its files are complete, together with their SHA-256
 digests. A process killed at any moment therefore leaves at most some ``running`` rows (reset to
 ``pending`` by the next run, which holds the lock and so knows they are stale) and possibly
 orphaned files that the retry overwrites. Opening a study reads JSON, SQLite and safetensors:
-nothing is unpickled.
+nothing is unpickled. Opening checks the database's schema version and migrates a study made by
+an older genmeasures in place (:mod:`genmeasures.zoo.schema`).
 """
 
 from __future__ import annotations
@@ -50,48 +52,18 @@ from genmeasures.zoo.checkpoint import (
     load_run,
     write_run,
 )
+from genmeasures.zoo.schema import METRICS, check_schema, create_schema, migrate
 from genmeasures.zoo.space import Config, Space, canonical_json
+from genmeasures.zoo.states import ModelState
 
 DATABASE_FILE = "zoo.sqlite"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 
-STATES = ("pending", "running", "done", "not-converged", "diverged", "failed")
-#: States a resumed study does not train again (``failed`` only with ``retry_failed``).
-FINISHED = ("done", "not-converged", "diverged", "failed")
-METRICS = ("train_ce", "train_error", "test_ce", "test_error", "gap", "steps", "seconds")
+#: Every state, and those a resumed study does not train again (``failed`` only on request).
+STATES = tuple(ModelState)
+FINISHED = tuple(state for state in ModelState if state.is_finished)
 CHECKPOINT_FILES = (FINAL_FILE, INIT_FILE, EPOCH1_FILE, RECORDS_FILE, SPEC_FILE)
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (
-    hash TEXT PRIMARY KEY,
-    idx INTEGER NOT NULL,
-    config TEXT NOT NULL,
-    hparams TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATES)})),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    {", ".join(f"{name} REAL" for name in METRICS)},
-    records TEXT,
-    checkpoints TEXT,
-    error TEXT,
-    updated REAL
-);
-CREATE TABLE IF NOT EXISTS measures (
-    model TEXT NOT NULL REFERENCES models (hash),
-    name TEXT NOT NULL,
-    params TEXT NOT NULL,
-    value REAL,
-    log_value REAL,
-    converged INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    status TEXT NOT NULL,
-    message TEXT,
-    extra TEXT,
-    version TEXT NOT NULL,
-    PRIMARY KEY (model, name, params)
-);
-"""
 
 
 @dataclass
@@ -111,7 +83,7 @@ class ModelResult:
     """
 
     hash: str
-    status: str
+    status: ModelState
     metrics: dict[str, float] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     final_state: dict[str, torch.Tensor] | None = None
@@ -170,11 +142,13 @@ class Zoo:
             )
         try:
             self._connection = self._connect(database)
+            check_schema(self._connection, database)
             stored = self._meta("space")
         except sqlite3.DatabaseError as error:
             raise StudyError(f"{database} is not a readable study database: {error}") from error
         if stored is None:
             raise StudyError(f"{database} has no space: it was not made by genmeasures")
+        migrate(self._connection, database)
         self.space = Space.from_json(json.loads(stored))
 
     @classmethod
@@ -217,7 +191,7 @@ class Zoo:
         temporary.unlink(missing_ok=True)
         connection = cls._connect(temporary)
         with connection:
-            connection.executescript(_SCHEMA)
+            create_schema(connection)
             connection.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [
@@ -229,13 +203,14 @@ class Zoo:
             )
             connection.executemany(
                 "INSERT OR IGNORE INTO models (hash, idx, config, hparams, status, updated) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)",
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (
                         config.hash,
                         config.index,
                         canonical_json(config.to_json()),
                         canonical_json(config.hparams),
+                        ModelState.PENDING,
                         time.time(),
                     )
                     for config in space.configs()
@@ -310,8 +285,8 @@ class Zoo:
         """
         with self._connection:
             cursor = self._connection.execute(
-                "UPDATE models SET status = 'pending', updated = ? WHERE status = 'running'",
-                (time.time(),),
+                "UPDATE models SET status = ?, updated = ? WHERE status = ?",
+                (ModelState.PENDING, time.time(), ModelState.RUNNING),
             )
         return cursor.rowcount
 
@@ -326,17 +301,17 @@ class Zoo:
             path.unlink()
         return len(leftovers)
 
-    def counts(self) -> dict[str, int]:
-        """Number of models in each state, every state listed."""
+    def counts(self) -> dict[ModelState, int]:
+        """Number of models in each state, every state listed, in the order of the enum."""
         rows = self._connection.execute("SELECT status, COUNT(*) FROM models GROUP BY status")
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(dict(rows.fetchall()))
+        counts = dict.fromkeys(ModelState, 0)
+        counts.update((ModelState(status), n) for status, n in rows.fetchall())
         return counts
 
-    def configs(self, states: Iterable[str] | None = None) -> list[Config]:
+    def configs(self, states: Iterable[ModelState] | None = None) -> list[Config]:
         """The configs whose row is in one of ``states`` (all when None), in grid order."""
         query = "SELECT config FROM models"
-        args: tuple[str, ...] = ()
+        args: tuple[ModelState, ...] = ()
         if states is not None:
             args = tuple(states)
             query += f" WHERE status IN ({', '.join('?' for _ in args)})"
@@ -345,16 +320,16 @@ class Zoo:
 
     def to_train(self, *, retry_failed: bool = False) -> list[Config]:
         """The configs a run must train: ``pending`` (and ``failed`` when asked)."""
-        return self.configs(("pending", "failed") if retry_failed else ("pending",))
+        pending = ModelState.PENDING
+        return self.configs((pending, ModelState.FAILED) if retry_failed else (pending,))
 
     def mark_running(self, hashes: Iterable[str]) -> None:
         """Mark models as being trained (one transaction)."""
         now = time.time()
         with self._connection:
             self._connection.executemany(
-                "UPDATE models SET status = 'running', attempts = attempts + 1, updated = ? "
-                "WHERE hash = ?",
-                [(now, h) for h in hashes],
+                "UPDATE models SET status = ?, attempts = attempts + 1, updated = ? WHERE hash = ?",
+                [(ModelState.RUNNING, now, h) for h in hashes],
             )
 
     def error(self, model_hash: str) -> str | None:
@@ -453,9 +428,8 @@ class Zoo:
         with self._connection:
             self._connection.execute("DELETE FROM measures WHERE model = ?", (model_hash,))
             self._connection.execute(
-                "UPDATE models SET status = 'pending', checkpoints = NULL, updated = ? "
-                "WHERE hash = ?",
-                (time.time(), model_hash),
+                "UPDATE models SET status = ?, checkpoints = NULL, updated = ? WHERE hash = ?",
+                (ModelState.PENDING, time.time(), model_hash),
             )
 
     def verify_all(self) -> list[str]:

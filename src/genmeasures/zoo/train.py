@@ -4,7 +4,9 @@ The stopping rule and the records follow ``MEASURES.md`` §2.5 (Jiang et al. 202
 appendix C): the training cross-entropy is estimated in eval mode at ``t = 0``, every
 ``check_every`` optimizer updates and at the final update (by default as the mean over
 ``check_batches`` random minibatches, as the paper does), and training stops at the first check at
-or below the target.
+or below the target. The checks, the rule and the records are those of
+:mod:`genmeasures.zoo.recording`, shared with the batched trainer; the optimizers are those of the
+table in :mod:`genmeasures.zoo.optimizers`.
 
 Seeding: three independent streams are derived from ``TrainingConfig.seed`` with
 :func:`genmeasures.seeding.derive_seed`: the data order, the loss-check draws ``check_gen``, and the
@@ -14,13 +16,10 @@ left unchanged). Recording therefore never changes training.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +29,44 @@ from genmeasures.data import Dataset
 from genmeasures.errors import TrainingError
 from genmeasures.seeding import derive_seed
 from genmeasures.validation import IncreasingIntegers, Integer, OneOf, Real, Settings, setting
-
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
-CE_CHECK_MODES = ("minibatch", "full")
-
-#: Purposes of the random streams derived from the run seed.
-ORDER_STREAM, CHECK_STREAM, TORCH_STREAM = (
-    "training/data-order",
-    "training/loss-check",
-    "training/torch",
+from genmeasures.zoo.optimizers import OPTIMIZER_TABLE
+from genmeasures.zoo.recording import (
+    CHECK_STREAM,
+    ORDER_STREAM,
+    TORCH_STREAM,
+    CheckCallback,
+    RunRecorder,
+    TrainingRun,
+    check_indices,
+    estimate_ce,
+    evaluate,
+    finish_run,
+    model_device,
+    training_streams,
 )
+from genmeasures.zoo.states import ModelState
 
-#: Called at every loss check with (optimizer updates so far, estimated training cross-entropy).
-CheckCallback = Callable[[int, float], None]
+__all__ = [
+    "CE_CHECK_MODES",
+    "CHECK_STREAM",
+    "OPTIMIZERS",
+    "ORDER_STREAM",
+    "TORCH_STREAM",
+    "CheckCallback",
+    "TrainingConfig",
+    "TrainingError",
+    "TrainingRun",
+    "check_indices",
+    "evaluate",
+    "finish_run",
+    "learning_rate",
+    "train_to_target",
+    "training_streams",
+]
+
+#: The optimizer names a config accepts: the keys of the optimizer table.
+OPTIMIZERS = tuple(OPTIMIZER_TABLE)
+CE_CHECK_MODES = ("minibatch", "full")
 
 
 @dataclass(frozen=True)
@@ -95,40 +119,11 @@ class TrainingConfig(Settings):
     seed: int = setting(0, Integer(0, 2**64 - 1), "run seed")
 
 
-@dataclass
-class TrainingRun:
-    """The outcome of :func:`train_to_target`.
-
-    Attributes:
-        model: The trained model, in eval mode.
-        init_model: The model before the first optimizer update, in eval mode.
-        status: ``"done"`` (target reached), ``"not-converged"`` (budget spent) or
-            ``"diverged"`` (non-finite training loss or loss check).
-        records: Training-time records of ``MEASURES.md`` §2.5: ``ce_checks`` (R1, a list of
-            ``(t, ĉ_t)``), ``epoch1_state`` (R2, parameters and buffers after ``steps_per_epoch``
-            updates, or None when training stopped before the first epoch ended) and the
-            metadata R3 (``batch_size``, ``steps_per_epoch``, ``check_every``,
-            ``check_batches``, ``ce_check``, ``check_seed``, ``config``).
-        metrics: Final exact train/test cross-entropy and 0-1 error, the gap, ``steps`` (the
-            number of optimizer updates, equal to the ``t`` of the last check) and ``seconds``.
-    """
-
-    model: nn.Module
-    init_model: nn.Module
-    status: str
-    records: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("model has no trainable parameters")
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.l2)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.l2)
-    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.l2)
+    return OPTIMIZER_TABLE[config.optimizer].build(params, lr=config.lr, l2=config.l2)
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -145,90 +140,6 @@ def _decay_weights(optimizer: torch.optim.Optimizer, weight_decay: float) -> Non
                 param.mul_(1 - group["lr"] * weight_decay)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def evaluate(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
-) -> tuple[float, float]:
-    """Exact mean cross-entropy and 0-1 error of ``model`` in eval mode (train mode restored).
-
-    Args:
-        model: The network; its output is the logits.
-        inputs: Examples, on the model's device or the CPU.
-        labels: Integer labels, same length as ``inputs``.
-        batch_size: Examples per forward pass.
-
-    Returns:
-        ``(cross_entropy, error)`` as floats; the cross-entropy is summed in float64.
-
-    Raises:
-        TrainingError: if there are no examples.
-    """
-    if len(labels) == 0:
-        raise TrainingError("evaluate needs at least one example, got 0")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    loss, wrong = 0.0, 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(labels), batch_size):
-                logits = model(inputs[start : start + batch_size].to(device))
-                target = labels[start : start + batch_size].to(device)
-                loss += float(F.cross_entropy(logits.double(), target, reduction="sum"))
-                wrong += int((logits.argmax(dim=1) != target).sum())
-    finally:
-        model.train(was_training)
-    return loss / len(labels), wrong / len(labels)
-
-
-def _estimate_ce(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    config: TrainingConfig,
-    check_gen: torch.Generator,
-) -> float:
-    """One loss check ĉ_t of ``MEASURES.md`` §2.5, in eval mode (train mode restored)."""
-    if config.ce_check == "full":
-        return evaluate(model, inputs, labels)[0]
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for index in check_indices(len(labels), config, check_gen).to(inputs.device):
-                logits = model(inputs[index])
-                total += float(F.cross_entropy(logits.double(), labels[index]))
-    finally:
-        model.train(was_training)
-    return total / config.check_batches
-
-
-def check_indices(m: int, config: TrainingConfig, check_gen: torch.Generator) -> torch.Tensor:
-    """The example indices of one minibatch loss check (``MEASURES.md`` §2.5), on the CPU.
-
-    Each of the ``config.check_batches`` minibatches holds ``min(batch_size, m)`` examples drawn
-    uniformly without replacement (the first entries of one ``randperm`` from ``check_gen``).
-
-    Args:
-        m: Number of training examples.
-        config: Gives the batch size and the number of minibatches K.
-        check_gen: The run's loss-check generator; advanced by K permutations.
-
-    Returns:
-        An int64 tensor of shape ``(K, min(batch_size, m))``.
-    """
-    batch = min(config.batch_size, m)
-    return torch.stack(
-        [torch.randperm(m, generator=check_gen)[:batch] for _ in range(config.check_batches)]
-    )
-
-
 @contextmanager
 def _private_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNG (dropout) from ``seed`` and restore the caller's state after."""
@@ -242,12 +153,6 @@ def _private_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
         torch.default_generator.manual_seed(seed)
         torch.cuda.default_generators[index].manual_seed(seed)
         yield
-
-
-def _outcome(ce: float, target: float) -> str | None:
-    if not math.isfinite(ce):
-        return "diverged"
-    return "done" if ce <= target else None
 
 
 def _check_inputs(model: nn.Module, dataset: Dataset, config: TrainingConfig) -> None:
@@ -299,35 +204,28 @@ def train_to_target(
     """
     config = TrainingConfig() if config is None else config
     _check_inputs(model, dataset, config)
-    device = _model_device(model)
+    device = model_device(model)
     inputs, labels = (tensor.to(device) for tensor in dataset.train)
     m = len(labels)
     steps_per_epoch = math.ceil(m / config.batch_size)
-    order_gen, check_gen, check_seed = training_streams(config)
-    init_model = copy.deepcopy(model).eval()
+    run = RunRecorder.begin(model, config, on_check=on_check)
     optimizer = _make_optimizer(model, config)
-    ce_checks: list[tuple[int, float]] = []
-    epoch1_state: dict[str, torch.Tensor] | None = None
-    step, start = 0, time.perf_counter()
+    step = 0
 
-    def check() -> float:
-        ce = _estimate_ce(model, inputs, labels, config, check_gen)
-        ce_checks.append((step, ce))
-        if on_check is not None:
-            on_check(step, ce)
-        return ce
+    def check() -> ModelState | None:
+        return run.record_check(step, estimate_ce(model, inputs, labels, config, run.check_gen))
 
     model.train()
     with _private_torch_rng(derive_seed(config.seed, TORCH_STREAM), device):
-        status = _outcome(check(), config.target_ce)
+        status = check()
         epoch = 0
         while status is None and epoch < config.max_epochs:
-            order = torch.randperm(m, generator=order_gen).to(device)
+            order = torch.randperm(m, generator=run.order_gen).to(device)
             for batch_start in range(0, m, config.batch_size):
                 index = order[batch_start : batch_start + config.batch_size]
                 loss = F.cross_entropy(model(inputs[index]), labels[index])
                 if not torch.isfinite(loss):
-                    status = "diverged"
+                    status = ModelState.DIVERGED
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -338,105 +236,14 @@ def train_to_target(
                 optimizer.step()
                 step += 1
                 if step == steps_per_epoch:
-                    epoch1_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    run.record_epoch1(model)
                 if step % config.check_every == 0:
-                    status = _outcome(check(), config.target_ce)
+                    status = check()
                     if status is not None:
                         break
             epoch += 1
-        if ce_checks[-1][0] != step:
+        if not run.checked_at(step):
             # The check at the final update (budget spent, or a non-finite training loss).
-            final = _outcome(check(), config.target_ce)
+            final = check()
             status = status or final
-    status = status or "not-converged"
-    return finish_run(
-        model,
-        init_model,
-        dataset,
-        config,
-        status=status,
-        ce_checks=ce_checks,
-        epoch1_state=epoch1_state,
-        check_seed=check_seed,
-        start=start,
-    )
-
-
-def training_streams(config: TrainingConfig) -> tuple[torch.Generator, torch.Generator, int]:
-    """The data-order and loss-check generators of a run, derived from ``config.seed``.
-
-    Args:
-        config: The run's configuration.
-
-    Returns:
-        ``(order_gen, check_gen, check_seed)``: CPU generators of the data order and of the loss
-        checks, and the seed of the latter (record R3 of ``MEASURES.md`` §2.5).
-    """
-    order_gen = torch.Generator().manual_seed(derive_seed(config.seed, ORDER_STREAM))
-    check_seed = derive_seed(config.seed, CHECK_STREAM)
-    return order_gen, torch.Generator().manual_seed(check_seed), check_seed
-
-
-def finish_run(
-    model: nn.Module,
-    init_model: nn.Module,
-    dataset: Dataset,
-    config: TrainingConfig,
-    *,
-    status: str,
-    ce_checks: list[tuple[int, float]],
-    epoch1_state: dict[str, torch.Tensor] | None,
-    check_seed: int,
-    start: float,
-) -> TrainingRun:
-    """Assemble the :class:`TrainingRun` of a finished run: final metrics and records.
-
-    The model is put in eval mode and evaluated exactly on both splits (:func:`evaluate`); the
-    number of steps is the ``t`` of the last loss check (Jiang et al. 2020, appendix C;
-    ``MEASURES.md`` §2.5).
-
-    Args:
-        model: The trained model.
-        init_model: Its copy before the first update, in eval mode.
-        dataset: The data it was trained on.
-        config: Its configuration.
-        status: ``"done"``, ``"not-converged"`` or ``"diverged"``.
-        ce_checks: Record R1, ending with the check at the final update.
-        epoch1_state: Record R2, or None.
-        check_seed: Seed of the loss-check generator (record R3).
-        start: ``time.perf_counter()`` when training started; ``seconds`` is measured from it.
-
-    Returns:
-        The run.
-    """
-    device = _model_device(model)
-    inputs, labels = (tensor.to(device) for tensor in dataset.train)
-    model.eval()
-    train_ce, train_error = evaluate(model, inputs, labels)
-    test_inputs, test_labels = (tensor.to(device) for tensor in dataset.test)
-    test_ce, test_error = (
-        evaluate(model, test_inputs, test_labels) if len(test_labels) else (math.nan, math.nan)
-    )
-    metrics = {
-        "train_ce": train_ce,
-        "train_error": train_error,
-        "test_ce": test_ce,
-        "test_error": test_error,
-        "gap": test_error - train_error,
-        "steps": float(ce_checks[-1][0]),
-        "seconds": time.perf_counter() - start,
-    }
-    records = {
-        "ce_checks": ce_checks,
-        "epoch1_state": epoch1_state,
-        "batch_size": config.batch_size,
-        "steps_per_epoch": math.ceil(len(labels) / config.batch_size),
-        "check_every": config.check_every,
-        "check_batches": config.check_batches,
-        "ce_check": config.ce_check,
-        "check_seed": check_seed,
-        "config": asdict(config) | {"lr_milestones": list(config.lr_milestones)},
-    }
-    return TrainingRun(
-        model=model, init_model=init_model, status=status, records=records, metrics=metrics
-    )
+    return run.finish(model, dataset, status)

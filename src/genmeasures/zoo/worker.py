@@ -23,6 +23,7 @@ from genmeasures.measures import compute
 from genmeasures.zoo.batched import batch_incompatibility, train_batched
 from genmeasures.zoo.checkpoint import model_spec
 from genmeasures.zoo.space import Config
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult
 from genmeasures.zoo.train import TrainingRun, train_to_target
 
@@ -50,7 +51,7 @@ def _dataset(config: Config, data_root: str | None) -> Dataset:
 
 def _result(config: Config, run: TrainingRun, dataset: Dataset) -> ModelResult:
     measures = []
-    if run.status != "diverged":
+    if run.status is not ModelState.DIVERGED:
         with warnings.catch_warnings():
             # Undefined values (e.g. a threshold never reached) are stored with their reason.
             warnings.simplefilter("ignore", GenMeasuresWarning)
@@ -81,7 +82,7 @@ def _result(config: Config, run: TrainingRun, dataset: Dataset) -> ModelResult:
 
 
 def _failure(config: Config) -> ModelResult:
-    return ModelResult(hash=config.hash, status="failed", error=traceback.format_exc())
+    return ModelResult(hash=config.hash, status=ModelState.FAILED, error=traceback.format_exc())
 
 
 def train_unit(
