@@ -168,39 +168,49 @@ def _validate(models: list[nn.Module], dataset: Dataset, configs: list[TrainingC
         )
     seen: dict[int, int] = {}
     for index, (model, config) in enumerate(zip(models, configs, strict=True)):
-        if not isinstance(config, TrainingConfig):
-            raise TrainingError(
-                f"configs[{index}] must be a TrainingConfig, got {type(config).__name__}"
-            )
-        reason = batch_incompatibility(model)
-        if reason is not None:
-            raise TrainingError(
-                f"model {index} cannot be trained in a vmapped batch: {reason}; train it with "
-                f"train_to_target instead"
-            )
         if id(model) in seen:
             raise TrainingError(
                 f"model {index} is the same object as model {seen[id(model)]}: each member is "
                 f"trained in place and needs its own module"
             )
         seen[id(model)] = index
-        difference = _structure_difference(models[0], model)
-        if difference is not None:
+        _validate_member(index, model, config, models[0], configs[0])
+
+
+def _validate_member(
+    index: int,
+    model: nn.Module,
+    config: TrainingConfig,
+    first_model: nn.Module,
+    first_config: TrainingConfig,
+) -> None:
+    """Member ``index`` can join a batch whose first member is ``first_model``."""
+    if not isinstance(config, TrainingConfig):
+        raise TrainingError(
+            f"configs[{index}] must be a TrainingConfig, got {type(config).__name__}"
+        )
+    reason = batch_incompatibility(model)
+    if reason is not None:
+        raise TrainingError(
+            f"model {index} cannot be trained in a vmapped batch: {reason}; train it with "
+            f"train_to_target instead"
+        )
+    difference = _structure_difference(first_model, model)
+    if difference is not None:
+        raise TrainingError(
+            f"model {index} does not have the structure of model 0 (all models of a batch "
+            f"must have the same module types and parameter and buffer names, shapes, "
+            f"dtypes and devices): {difference}"
+        )
+    for name in SHARED_FIELDS:
+        want, got = getattr(first_config, name), getattr(config, name)
+        if got != want:
             raise TrainingError(
-                f"model {index} does not have the structure of model 0 (all models of a batch "
-                f"must have the same module types and parameter and buffer names, shapes, "
-                f"dtypes and devices): {difference}"
+                f"configs[{index}].{name}: all members of a batch must share {name}; "
+                f"expected {want!r} (as configs[0]), received {got!r}"
             )
-        for name in SHARED_FIELDS:
-            want, got = getattr(configs[0], name), getattr(config, name)
-            if got != want:
-                raise TrainingError(
-                    f"configs[{index}].{name}: all members of a batch must share {name}; "
-                    f"expected {want!r} (as configs[0]), received {got!r}"
-                )
 
 
-@dataclass
 @dataclass
 class _Member:
     """A member still training: its position in the caller's list and its run's records."""
@@ -257,98 +267,137 @@ def train_batched(
     """
     models, configs = list(models), list(configs)
     _validate(models, dataset, configs)
-    start = time.perf_counter()
-    device = model_device(models[0])
-    inputs, labels = (tensor.to(device) for tensor in dataset.train)
-    m = len(labels)
-    shared = configs[0]
-    steps_per_epoch = math.ceil(m / shared.batch_size)
-    members = []
-    for index, (model, config) in enumerate(zip(models, configs, strict=True)):
-        callback = None if on_check is None else functools.partial(on_check, index)
-        members.append(
-            _Member(index, RunRecorder.begin(model, config, start=start, on_check=callback))
-        )
-        model.train()
-    template = copy.deepcopy(models[0]).to("meta").train()
-    stack = ParameterStack(models, configs, template)
-    runs: dict[int, TrainingRun] = {}
-    step = 0
     # The K permutations of a check cost as much as a forward pass over the training set: draw
     # them for several members at once (each member's generator is used by one task at a time).
     workers = min(torch.get_num_threads(), len(models))
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
-
-    def draw(positions: list[int]) -> list[torch.Tensor]:
-        def indices(position: int) -> torch.Tensor:
-            return check_indices(m, shared, members[position].run.check_gen)
-
-        return list(pool.map(indices, positions) if pool is not None else map(indices, positions))
-
-    def check(positions: list[int]) -> dict[int, ModelState | None]:
-        """Loss checks of the members at ``positions``, recorded; their outcomes."""
-        if not positions:
-            return {}
-        estimates = stack.estimate_ce(positions, inputs, labels, shared, draw)
-        return {
-            position: members[position].run.record_check(step, ce)
-            for position, ce in zip(positions, estimates, strict=True)
-        }
-
-    def stop(stopping: dict[int, ModelState | None]) -> None:
-        """Finish the members at the given positions (with their status so far) and unstack."""
-        nonlocal members
-        if not stopping:
-            return
-        unchecked = [p for p in stopping if not members[p].run.checked_at(step)]
-        for position, final in check(unchecked).items():
-            # The check at the final update (budget spent, or a non-finite training loss).
-            stopping[position] = stopping[position] or final
-        for position in sorted(stopping):
-            member = members[position]
-            model = models[member.index]
-            stack.write_back(position, model)
-            runs[member.index] = run = member.run.finish(model, dataset, stopping[position])
-            if on_finish is not None:
-                on_finish(member.index, run)
-        kept = [p for p in range(len(members)) if p not in stopping]
-        stack.keep(kept)
-        members = [members[p] for p in kept]
-
-    def stopped(outcomes: dict[int, ModelState | None]) -> dict[int, ModelState | None]:
-        return {p: outcome for p, outcome in outcomes.items() if outcome is not None}
-
     try:
-        stop(stopped(check(list(range(len(members))))))
-        epoch = 0
-        while members:
-            stack.order = torch.stack(
-                [torch.randperm(m, generator=member.run.order_gen) for member in members]
-            ).to(device)
-            for lo in range(0, m, shared.batch_size):
-                index = stack.order[:, lo : lo + shared.batch_size]
-                grads, losses = stack.gradients(inputs[index], labels[index])
-                finite = torch.isfinite(losses)
-                if not bool(finite.all()):
-                    bad = (~finite).nonzero().flatten().tolist()
-                    stop(dict.fromkeys(bad, ModelState.DIVERGED))  # before this update
-                    if not members:
-                        break
-                    keep = finite.nonzero().flatten()
-                    grads = {k: v[keep] for k, v in grads.items()}
-                stack.update(grads, step)
-                step += 1
-                if step == steps_per_epoch:
-                    for position, member in enumerate(members):
-                        stack.write_back(position, models[member.index])
-                        member.run.record_epoch1(models[member.index])
-                if step % shared.check_every == 0:
-                    stop(stopped(check(list(range(len(members))))))
-                    if not members:
-                        break
-            epoch += 1
-            stop({p: None for p, member in enumerate(members) if member.config.max_epochs <= epoch})
+        return _Batch(models, dataset, configs, pool, on_finish, on_check).train()
     finally:
         if pool is not None:
             pool.shutdown()
-    return [runs[index] for index in range(len(models))]
+
+
+class _Batch:
+    """The state of one :func:`train_batched` call: the stack, the members left, the runs."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        dataset: Dataset,
+        configs: list[TrainingConfig],
+        pool: ThreadPoolExecutor | None,
+        on_finish: FinishCallback | None,
+        on_check: BatchedCheckCallback | None,
+    ) -> None:
+        start = time.perf_counter()
+        self.models, self.dataset, self.pool, self.on_finish = models, dataset, pool, on_finish
+        self.device = model_device(models[0])
+        self.inputs, self.labels = (tensor.to(self.device) for tensor in dataset.train)
+        self.m = len(self.labels)
+        self.shared = configs[0]
+        self.members = []
+        for index, (model, config) in enumerate(zip(models, configs, strict=True)):
+            callback = None if on_check is None else functools.partial(on_check, index)
+            self.members.append(
+                _Member(index, RunRecorder.begin(model, config, start=start, on_check=callback))
+            )
+            model.train()
+        template = copy.deepcopy(models[0]).to("meta").train()
+        self.stack = ParameterStack(models, configs, template)
+        self.runs: dict[int, TrainingRun] = {}
+        self.step = 0
+
+    def train(self) -> list[TrainingRun]:
+        """Train until every member has stopped; the runs in the order of the models."""
+        self._stop(_stopped(self._check(self._all())))
+        epoch = 0
+        while self.members:
+            self._epoch()
+            epoch += 1
+            self._stop(
+                {
+                    p: None
+                    for p, member in enumerate(self.members)
+                    if member.config.max_epochs <= epoch
+                }
+            )
+        return [self.runs[index] for index in range(len(self.models))]
+
+    def _all(self) -> list[int]:
+        return list(range(len(self.members)))
+
+    def _epoch(self) -> None:
+        """One pass over the training set in each member's own order, with its loss checks."""
+        steps_per_epoch = math.ceil(self.m / self.shared.batch_size)
+        self.stack.order = torch.stack(
+            [torch.randperm(self.m, generator=member.run.order_gen) for member in self.members]
+        ).to(self.device)
+        for lo in range(0, self.m, self.shared.batch_size):
+            index = self.stack.order[:, lo : lo + self.shared.batch_size]
+            grads, losses = self.stack.gradients(self.inputs[index], self.labels[index])
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten().tolist()
+                self._stop(dict.fromkeys(bad, ModelState.DIVERGED))  # before this update
+                if not self.members:
+                    return
+                keep = finite.nonzero().flatten()
+                grads = {k: v[keep] for k, v in grads.items()}
+            self.stack.update(grads, self.step)
+            self.step += 1
+            if self.step == steps_per_epoch:
+                self._record_epoch1()
+            if self.step % self.shared.check_every == 0:
+                self._stop(_stopped(self._check(self._all())))
+                if not self.members:
+                    return
+
+    def _record_epoch1(self) -> None:
+        for position, member in enumerate(self.members):
+            self.stack.write_back(position, self.models[member.index])
+            member.run.record_epoch1(self.models[member.index])
+
+    def _draw(self, positions: list[int]) -> list[torch.Tensor]:
+        def indices(position: int) -> torch.Tensor:
+            return check_indices(self.m, self.shared, self.members[position].run.check_gen)
+
+        pool = self.pool
+        return list(pool.map(indices, positions) if pool is not None else map(indices, positions))
+
+    def _check(self, positions: list[int]) -> dict[int, ModelState | None]:
+        """Loss checks of the members at ``positions``, recorded; their outcomes."""
+        if not positions:
+            return {}
+        estimates = self.stack.estimate_ce(
+            positions, self.inputs, self.labels, self.shared, self._draw
+        )
+        return {
+            position: self.members[position].run.record_check(self.step, ce)
+            for position, ce in zip(positions, estimates, strict=True)
+        }
+
+    def _stop(self, stopping: dict[int, ModelState | None]) -> None:
+        """Finish the members at the given positions (with their status so far) and unstack."""
+        if not stopping:
+            return
+        unchecked = [p for p in stopping if not self.members[p].run.checked_at(self.step)]
+        for position, final in self._check(unchecked).items():
+            # The check at the final update (budget spent, or a non-finite training loss).
+            stopping[position] = stopping[position] or final
+        for position in sorted(stopping):
+            member = self.members[position]
+            model = self.models[member.index]
+            self.stack.write_back(position, model)
+            run = member.run.finish(model, self.dataset, stopping[position])
+            self.runs[member.index] = run
+            if self.on_finish is not None:
+                self.on_finish(member.index, run)
+        kept = [p for p in range(len(self.members)) if p not in stopping]
+        self.stack.keep(kept)
+        self.members = [self.members[p] for p in kept]
+
+
+def _stopped(outcomes: dict[int, ModelState | None]) -> dict[int, ModelState | None]:
+    """The members whose check stopped them."""
+    return {p: outcome for p, outcome in outcomes.items() if outcome is not None}

@@ -172,6 +172,19 @@ def _check_inputs(model: nn.Module, dataset: Dataset, config: TrainingConfig) ->
         )
 
 
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, config: TrainingConfig, step: int
+) -> None:
+    """Update ``step`` (0-based): the gradient of ``loss``, the scheduled rate, weight decay."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, step)
+    if config.weight_decay:
+        _decay_weights(optimizer, config.weight_decay)
+    optimizer.step()
+
+
 def train_to_target(
     model: nn.Module,
     dataset: Dataset,
@@ -227,13 +240,7 @@ def train_to_target(
                 if not torch.isfinite(loss):
                     status = ModelState.DIVERGED
                     break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step)
-                if config.weight_decay:
-                    _decay_weights(optimizer, config.weight_decay)
-                optimizer.step()
+                _optimizer_step(optimizer, loss, config, step)
                 step += 1
                 if step == steps_per_epoch:
                     run.record_epoch1(model)

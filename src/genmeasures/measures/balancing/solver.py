@@ -42,50 +42,62 @@ class _Solution:
     iterations: int
 
 
+@dataclass
+class _OsbornePhase:
+    """The first phase: Osborne's diagonal steps, until they stop paying (module docstring)."""
+
+    active: bool = True
+    steps: int = 0
+
+    def direction(self, state: _State) -> np.ndarray | None:
+        """Osborne's direction at ``state``, or None once the phase is over."""
+        if not self.active:
+            return None
+        direction = state.osborne_direction()
+        if float(np.abs(direction).max()) <= OSBORNE_EXIT or self.steps >= OSBORNE_MAX:
+            self.active = False
+            return None
+        return direction
+
+    def accepted(self, log_phi_before: float, log_phi_after: float) -> None:
+        """Count an accepted step; end the phase when it decreases φ too little."""
+        if not self.active:
+            return
+        self.steps += 1
+        if log_phi_after - log_phi_before > math.log1p(-OSBORNE_PROGRESS):
+            self.active = False  # stagnating: Newton's method does better
+
+
 def _solve_component(problem: _Problem, tol: float, max_iter: int) -> _Solution:
     """Balance one strongly connected component (see the module docstring)."""
     m = problem.size
     trees = _Trees.build(problem)
     log_phi0 = problem.log_total
     state = _State(problem, np.zeros(m), log_phi0, log_phi0)
-    osborne = True
-    osborne_steps = 0
+    osborne = _OsbornePhase()
     iterations = 0
     slack = 8.0 * m * _EPS
     while True:
         newton: tuple[np.ndarray, np.ndarray] | None = None  # (h, residual) at this state
         excess = math.inf  # certified φ − D at this state, normalized
-        if osborne:
-            direction = state.osborne_direction()
-            if float(np.abs(direction).max()) <= OSBORNE_EXIT or osborne_steps >= OSBORNE_MAX:
-                osborne = False
-        if not osborne:
-            newton = _newton_direction(problem, state)
-            direction = _clip(newton[0], state.diagonal, NEWTON_SPREAD_CAP)
-            estimate = -0.5 * float(state.gradient @ direction)
-            if estimate <= CERTIFY_FACTOR * tol or iterations >= max_iter:
-                excess = _certificate(problem, trees, state, *newton)
-                if excess <= tol * (1.0 - excess) or iterations >= max_iter:
-                    break
+        direction = osborne.direction(state)
+        if direction is None:
+            out_of_steps = iterations >= max_iter
+            direction, newton, excess = _newton_step(problem, trees, state, tol, out_of_steps)
+            if out_of_steps or excess <= tol * (1.0 - excess):
+                break
         if iterations >= max_iter:
             break
         step = _line_search(problem, state, direction, slack)
         if step is None:
-            if osborne:
-                osborne = False  # let Newton's method try
+            if osborne.active:
+                osborne.active = False  # let Newton's method try
                 continue
             break
         z, log_phi, exact = step
         iterations += 1
-        if osborne:
-            osborne_steps += 1
-            if log_phi - state.log_phi > math.log1p(-OSBORNE_PROGRESS):
-                osborne = False  # stagnating: Newton's method does better
-        delta = z - problem.z0
-        if exact or float(delta.max() - delta.min()) > REBASE_SPREAD:
-            log_phi = problem.rebase(z)
-            log_phi0 = log_phi
-        state = _State(problem, z, log_phi, log_phi0)
+        osborne.accepted(state.log_phi, log_phi)
+        state, log_phi0 = _accepted(problem, z, log_phi, log_phi0, exact)
     if math.isinf(excess):
         if newton is None:
             newton = _newton_direction(problem, state)
@@ -93,6 +105,33 @@ def _solve_component(problem: _Problem, tol: float, max_iter: int) -> _Solution:
     z = state.z - state.z.mean()
     phi = _exp_or_inf(state.log_phi + problem.log_scale)
     return _Solution(z=z, value=phi, excess=excess * phi, iterations=iterations)
+
+
+def _newton_step(
+    problem: _Problem, trees: _Trees, state: _State, tol: float, last: bool
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float]:
+    """Newton's clipped direction at ``state``, the Newton pair, and the certified excess.
+
+    The excess (normalized φ − D) is certified only when the predicted decrease is within
+    reach of ``tol`` or this is the ``last`` step; otherwise it is inf.
+    """
+    newton = _newton_direction(problem, state)
+    direction = _clip(newton[0], state.diagonal, NEWTON_SPREAD_CAP)
+    estimate = -0.5 * float(state.gradient @ direction)
+    if estimate <= CERTIFY_FACTOR * tol or last:
+        return direction, newton, _certificate(problem, trees, state, *newton)
+    return direction, newton, math.inf
+
+
+def _accepted(
+    problem: _Problem, z: np.ndarray, log_phi: float, log_phi0: float, exact: bool
+) -> tuple[_State, float]:
+    """The state at an accepted point, rebased when its spread grows (or the step was exact)."""
+    delta = z - problem.z0
+    if exact or float(delta.max() - delta.min()) > REBASE_SPREAD:
+        log_phi = problem.rebase(z)
+        log_phi0 = log_phi
+    return _State(problem, z, log_phi, log_phi0), log_phi0
 
 
 def _newton_direction(problem: _Problem, state: _State) -> tuple[np.ndarray, np.ndarray]:
