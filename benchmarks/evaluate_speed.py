@@ -80,7 +80,8 @@ def main() -> None:
     cmi_matrix(mu, g, conditioning(codes, sets))
     core = time.perf_counter() - start
     start = time.perf_counter()
-    score_table(table, columns, hparams=names, draws=args.draws)
+    orders = dict.fromkeys(names, "increasing")  # one canonical ordering per type
+    score_table(table, columns, hparams=names, canonical=orders, draws=args.draws)
     whole = time.perf_counter() - start
     print(f"{len(table)} models x {args.measures} measures, {len(sets)} conditioning sets")
     print(f"  conditional MI, all measures: {core:.2f} s")
