@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         StudyError,
         TrainingError,
         UnknownMeasureError,
+        UnsupportedInputError,
         UnsupportedLayerError,
     )
     from genmeasures.measures import (
@@ -67,6 +68,7 @@ _ERRORS = (
     "StudyError",
     "TrainingError",
     "UnknownMeasureError",
+    "UnsupportedInputError",
     "UnsupportedLayerError",
 )
 _SOURCES: dict[str, str] = {
@@ -106,6 +108,7 @@ __all__ = [
     "StudyError",
     "TrainingError",
     "UnknownMeasureError",
+    "UnsupportedInputError",
     "UnsupportedLayerError",
     "Zoo",
     "__version__",

@@ -37,6 +37,10 @@ class MissingInputError(MeasureError):
     """A measure needs an input that was not given (initial model, training records, data)."""
 
 
+class UnsupportedInputError(MeasureError):
+    """The data are outside a measure's domain (e.g. integer token ids for an input gradient)."""
+
+
 class NumericalError(MeasureError):
     """A non-finite weight, logit or norm (names the layer)."""
 

@@ -149,7 +149,7 @@ def test_spectral_variant_is_fixed_by_the_name_not_an_option(data):
         ),
         ({"data": (torch.zeros(4, 5), torch.zeros(4))}, "integer class indices"),
         ({"data": (torch.zeros(4, 5), torch.tensor([0, 1, -1, 0]))}, "minimum -1"),
-        ({"data": (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))}, "no example"),
+        ({"data": (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))}, r"0 example\(s\)"),
         ({"batch_size": 0}, "batch_size expected an integer >= 1"),
         ({"seed": 1.5}, "seed expected an integer"),
         ({"init_model": 3}, "init_model must be"),

@@ -17,9 +17,11 @@ from genmeasures.errors import (
     GenMeasuresWarning,
     MeasureError,
     MissingInputError,
+    UnsupportedInputError,
     UnsupportedLayerError,
 )
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.inputs import OutputFn, computation_dtype, resolve_device
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.measures.result import MeasureResult, Results, UndefinedMeasure
 from genmeasures.validation import Integer, Settings, check
@@ -44,6 +46,7 @@ def compute(
     batch_size: int | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: ProgressCallback | None = None,
+    output_fn: OutputFn | None = None,
 ) -> Results:
     """Compute generalization measures of a trained network.
 
@@ -67,6 +70,9 @@ def compute(
             is checked and canonicalized before any measure runs (``2`` and ``2.0`` are one value),
             and a result's ``params`` holds the canonical values.
         progress: Optional callback called after each measure.
+        output_fn: Selects the logits from the model's output when the output is not a tensor;
+            by default a mapping or Hugging Face ``ModelOutput`` gives its ``logits`` and a tuple
+            its first element (:func:`~genmeasures.measures.inputs.logits_selector`).
 
     Returns:
         Mapping name → :class:`MeasureResult`, with ``.values`` and ``.to_frame()``. A measure
@@ -98,7 +104,10 @@ def compute(
     selected = resolve_measures(measures)
     specs = [spec for spec, _ in selected]
     options_by_name = _canonical_options(specs, options or {})
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device, model)
+    dtype = computation_dtype(model)
+    if inputs is not None and inputs.is_floating_point():
+        inputs = inputs.to(dtype)  # the model's dtype, whatever the data's
     input_shape = (
         tuple(inputs.shape[1:]) if inputs is not None else getattr(model, "input_shape", None)
     )
@@ -112,6 +121,8 @@ def compute(
         device=device,
         batch_size=batch_size,
         input_shape=None if input_shape is None else tuple(input_shape),
+        dtype=dtype,
+        output_fn=output_fn,
     )
     results = []
     for index, (spec, explicit) in enumerate(selected):
@@ -141,8 +152,11 @@ def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor
             f"data must be inputs of shape (m, ...) and labels of shape (m,); got inputs "
             f"{tuple(inputs.shape)} and labels {tuple(labels.shape)}"
         )
-    if len(labels) == 0:
-        raise MeasureError("data holds no example")
+    if len(labels) < 2:
+        raise MeasureError(
+            f"data holds {len(labels)} example(s): the measures need at least 2 (a margin "
+            "quantile, an accuracy drop or a gradient variance over one example is not defined)"
+        )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.min() < 0:
         raise MeasureError(
             f"labels must be non-negative integer class indices, got dtype {labels.dtype} "
@@ -168,11 +182,6 @@ def _canonical_options(
     return {spec.name: spec.canonical_options(given.get(spec.name, {})) for spec in specs}
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def _run_one(
     spec: MeasureSpec, ctx: MeasureContext, options: Settings | None, *, explicit: bool
 ) -> MeasureResult:
@@ -192,7 +201,7 @@ def _run_one(
 
     try:
         output = spec.call(ctx, options)
-    except (MissingInputError, UnsupportedLayerError) as error:
+    except (MissingInputError, UnsupportedLayerError, UnsupportedInputError) as error:
         if explicit:
             raise type(error)(f"measure {spec.name!r}: {error}") from error
         status = "missing" if isinstance(error, MissingInputError) else "unsupported"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
+from genmeasures.measures.inputs import LogitsOf, OutputFn, logits_selector
 from genmeasures.measures.result import UndefinedMeasure
 from genmeasures.models import WeightLayer, fold_batchnorm, weight_layers
 from genmeasures.seeding import derive_seed
@@ -44,6 +45,10 @@ class MeasureContext:
         device: Where to compute; defaults to the model's device.
         batch_size: Examples per forward pass.
         input_shape: Shape of one input; defaults to the data's, then ``model.input_shape``.
+        dtype: The floating dtype the copies compute in (the model's; float32 for half
+            precision: :func:`~genmeasures.measures.inputs.computation_dtype`).
+        output_fn: Selects the logits from the model's output, if it is not a tensor
+            (:func:`~genmeasures.measures.inputs.logits_selector`).
     """
 
     def __init__(
@@ -58,10 +63,18 @@ class MeasureContext:
         device: torch.device,
         batch_size: int,
         input_shape: tuple[int, ...] | None,
+        dtype: torch.dtype | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        self.model = _frozen_copy(model, device)
-        self.init_model = None if init_model is None else _frozen_copy(init_model, device)
+        self.model = _frozen_copy(model, device, dtype)
+        self.init_model = None if init_model is None else _frozen_copy(init_model, device, dtype)
         self.inputs = None if inputs is None else inputs.to(device)
+        if self.inputs is not None:
+            select = logits_selector(self.model, self.inputs[:1], output_fn)
+            if select is not None:
+                self.model = LogitsOf(self.model, select)
+                if self.init_model is not None:
+                    self.init_model = LogitsOf(self.init_model, select)
         self.labels = None if labels is None else labels.to(device)
         self.records = records
         self.seed = seed
@@ -280,13 +293,16 @@ class MeasureContext:
         )
 
 
-def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """An eval-mode copy whose parameters need no gradient.
+def _frozen_copy(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """An eval-mode copy on ``device`` in ``dtype``, whose parameters need no gradient.
 
     Measures that differentiate do so explicitly (w.r.t. inputs, or with ``torch.func`` on
     detached parameters), so plain reads of weights never build autograd graphs.
     """
-    return copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    frozen = copy.deepcopy(model).to(device)
+    if dtype is not None:
+        frozen = frozen.to(dtype)  # floating parameters and buffers only
+    return frozen.eval().requires_grad_(False)
 
 
 def _checked_layers(

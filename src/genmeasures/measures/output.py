@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genmeasures.errors import UnsupportedInputError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
@@ -48,7 +49,17 @@ def neg_entropy(ctx: MeasureContext) -> MeasureOutput:
     "input-grad-norm", eq="-", family="output", needs=("data",), aliases=("input grad norm",)
 )
 def input_grad_norm(ctx: MeasureContext) -> MeasureOutput:
-    """Mean ℓ2 norm of the cross-entropy's gradient w.r.t. the input (project definition, §4)."""
+    """Mean ℓ2 norm of the cross-entropy's gradient w.r.t. the input (project definition, §4).
+
+    Raises:
+        UnsupportedInputError: for integer inputs (token ids), which have no gradient.
+    """
+    inputs, _ = ctx.require_data()
+    if not inputs.is_floating_point():
+        raise UnsupportedInputError(
+            f"the inputs are {inputs.dtype} (e.g. token ids): the input-gradient norm needs "
+            "real-valued inputs to differentiate with respect to"
+        )
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for inputs, labels in ctx.batches():
         inputs = inputs.detach().requires_grad_(True)

@@ -258,6 +258,10 @@ def resolve_measures(measures: str | Iterable[str]) -> list[tuple[MeasureSpec, b
         MeasureError: for a pattern that matches nothing, a selection left empty, or a malformed
             argument.
     """
+    if not isinstance(measures, str | Iterable):
+        raise MeasureError(
+            f"measures must be 'all', a name, a glob pattern or a list of them, got {measures!r}"
+        )
     items = [measures] if isinstance(measures, str) else list(measures)
     if not items or not all(isinstance(item, str) for item in items):
         raise MeasureError(
