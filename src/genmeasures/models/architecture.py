@@ -692,10 +692,17 @@ class _GraphReader:
             if passes is None:
                 continue
             if not passes:
-                what = _function_name(node) if node.op != "call_module" else str(node.target)
-                return f"its outputs reach {what} at `{self._where(node)}`"
+                return f"its outputs reach {self._unit(node)}"
             pending += list(node.users)
         return ""
+
+    def _unit(self, node: fx.Node) -> str:
+        """How a note names a node: ``Tanh `1```, ``add at `layer1.0```."""
+        if node.op == "call_module":
+            return f"{type(self.model.get_submodule(str(node.target))).__name__} `{node.target}`"
+        where = self._where(node)
+        place = f"at `{where}`" if where else "in the top-level forward"
+        return f"{_function_name(node)} {place}"
 
     def _passes_rescaling(self, node: fx.Node) -> bool | None:
         """None: a weight layer absorbs the rescaling; True: it passes through; False: breaks."""
