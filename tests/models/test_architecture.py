@@ -52,7 +52,10 @@ def test_a_pre_activation_wide_resnet_is_neither_a_chain_nor_foldable():
     unfoldable = [n.name for n in described.normalizations if not n.foldable]
     assert "group1.block1.bn1" in unfoldable
     assert "not positively" not in " ".join(described.homogeneity_breaks)
-    assert described.violation("homogeneous").startswith("batchnorm at `group1.block1.bn1`")
+    assert described.violation("homogeneous") == (
+        "normalization layer `group1.block1.bn1` (BatchNorm2d): not foldable, `conv`'s output is "
+        "used elsewhere or called twice"
+    )
 
 
 def test_residual_mlp():

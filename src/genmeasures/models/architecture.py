@@ -271,17 +271,21 @@ class Normalization:
         kind: ``batchnorm``, ``layernorm``, ``groupnorm``, ``rmsnorm``, ``instancenorm``...
         foldable: Whether it is a BatchNorm that folds into the Linear/Conv layer before it
             (Jiang et al. 2020, appendix C.1), so that the measures see an affine network.
-        note: Why it cannot be folded; empty when it can.
+        module_type: The module class (``LayerNorm``), or the function (``F.layer_norm``).
+        note: Why a BatchNorm cannot be folded; empty otherwise.
     """
 
     name: str
     kind: str
     foldable: bool
+    module_type: str = ""
     note: str = ""
 
     def message(self) -> str:
-        """``layernorm at `norm1` (not foldable: ...)``."""
-        return f"{self.kind} at `{self.name}`" + (f" ({self.note})" if self.note else "")
+        """``normalization layer `norm1` (LayerNorm)``, with why a BatchNorm does not fold."""
+        where = f"`{self.name}`" if self.name else "the model's top-level forward"
+        text = f"normalization layer {where} ({self.module_type or self.kind})"
+        return text + (f": not foldable, {self.note}" if self.note else "")
 
 
 @dataclass(frozen=True)
@@ -570,7 +574,7 @@ class _GraphReader:
             return []
         if isinstance(module, tuple(_NORM_TYPES)):
             kind = _NORM_TYPES.get(type(module), "normalization")
-            self.normalizations.append(Normalization(path, kind, False, "not foldable"))
+            self.normalizations.append(Normalization(path, kind, False, type(module).__name__))
             return []
         if isinstance(module, _ATTENTION_TYPES):
             self._connect("attention", node, type(module).__name__)
@@ -589,23 +593,25 @@ class _GraphReader:
         why = self._unfoldable(node, bn)
         if not why:
             self.foldable.add(node)
-        self.normalizations.append(Normalization(path, "batchnorm", not why, why))
+        self.normalizations.append(
+            Normalization(path, "batchnorm", not why, type(bn).__name__, why)
+        )
 
     def _unfoldable(self, node: fx.Node, bn: nn.Module) -> str:
         """Why a BatchNorm cannot be folded (as :func:`fold_batchnorm` decides), or ''."""
         if not bn.track_running_stats or bn.running_mean is None:
-            return "not foldable: no running statistics, it normalizes with batch statistics"
+            return "it has no running statistics and normalizes with batch statistics"
         source = node.args[0] if node.args else None
         if not (isinstance(source, fx.Node) and source.op == "call_module"):
-            return "not foldable: its input is not directly the output of a Linear/Conv layer"
+            return "its input is not directly the output of a Linear/Conv layer"
         layer = self.model.get_submodule(str(source.target))
         if not isinstance(layer, WEIGHT_TYPES):
-            return "not foldable: its input is not directly the output of a Linear/Conv layer"
+            return "its input is not directly the output of a Linear/Conv layer"
         if len(source.users) > 1 or self.calls[source.target] > 1 or self.calls[node.target] > 1:
-            return f"not foldable: `{source.target}`'s output is used elsewhere or called twice"
+            return f"`{source.target}`'s output is used elsewhere or called twice"
         expected = next(bn_type for cls, bn_type in _BN_FOR.items() if isinstance(layer, cls))
         if not isinstance(bn, expected) or bn.num_features != layer.weight.shape[0]:
-            return f"not foldable: it does not match `{source.target}`'s output channels"
+            return f"it does not match `{source.target}`'s output channels"
         return ""
 
     def _parameter(self, node: fx.Node) -> list[tuple[fx.Node | None, LayerInfo]]:
@@ -638,7 +644,7 @@ class _GraphReader:
             self._connect("attention", node, name)
         elif target in _NORM_FUNCTIONS:
             self.normalizations.append(
-                Normalization(self._where(node), _NORM_FUNCTIONS[target], False, name)
+                Normalization(self._where(node), _NORM_FUNCTIONS[target], False, f"F.{name}")
             )
         else:
             self._unary(node, name, inputs)
@@ -817,10 +823,13 @@ def _hook_architecture(
         module, path = call.module, call.path
         if isinstance(module, BN_TYPES):
             foldable = module.track_running_stats and id(call.input) in produced
-            note = "" if foldable else "not foldable: its input is not a Linear/Conv output"
-            normalizations.append(Normalization(path, "batchnorm", foldable, note))
+            note = "" if foldable else "its input is not a Linear/Conv output"
+            normalizations.append(
+                Normalization(path, "batchnorm", foldable, type(module).__name__, note)
+            )
         elif type(module) in _NORM_TYPES:
-            normalizations.append(Normalization(path, _NORM_TYPES[type(module)], False))
+            kind = _NORM_TYPES[type(module)]
+            normalizations.append(Normalization(path, kind, False, type(module).__name__))
         elif _module_layers(path, module):
             layers += _module_layers(path, module)
             if isinstance(module, _ATTENTION_TYPES):
