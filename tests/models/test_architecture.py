@@ -216,3 +216,24 @@ def test_summary_says_what_the_network_is():
     text = gm.describe(residual_cnn()).summary()
     assert "chain: no (residual addition at `layer1.0`" in text
     assert "positively homogeneous: yes" in text
+
+
+class Viewed(nn.Module):
+    """A conv chain that flattens with x.view(x.size(0), -1): a shape, not a second activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+@pytest.mark.parametrize("shape", [None, (1, 4, 4)])
+def test_shapes_are_not_activations_with_or_without_an_input_shape(shape):
+    described = gm.describe(Viewed(), shape)
+    assert described.is_chain, described.chain_breaks
+    assert described.is_homogeneous
+    assert [x.rescaling_symmetry for x in described.weight_layers] == [True, False]
