@@ -2,12 +2,13 @@
 
 Two markers are replaced in the Markdown of every page:
 
-- ``<!-- options: NAME -->``: the options of measure NAME, read from the one declaration the
-  registry holds (``genmeasures.get_measure(NAME).options``, a dataclass deriving from
-  ``genmeasures.validation.Settings``, rendered with ``genmeasures.validation.settings_table``),
-  or "Options: none.";
+- ``<!-- options: NAME -->``: the domain where measure NAME's definition holds
+  (``genmeasures.get_measure(NAME).domain``, checked by ``compute``), then its options, read
+  from the one declaration the registry holds (``genmeasures.get_measure(NAME).options``, a
+  dataclass deriving from ``genmeasures.validation.Settings``, rendered with
+  ``genmeasures.validation.settings_table``), or "Options: none.";
 - ``<!-- measures-table -->``: every registered measure with its equation, family, inputs and
-  stochasticity, linked to its entry.
+  stochasticity and domain, linked to its entry.
 
 Each measure's entry is found by its heading anchor ``{ #NAME }`` on a page under ``measures/``.
 The build fails, naming what is wrong, if a marker names an unknown or non-canonical measure, if a
@@ -82,6 +83,17 @@ def _cell(text: str) -> str:
     return text.replace("\n", " ")
 
 
+def domain_markdown(name: str) -> str:
+    """Where a measure's definition holds, as one Markdown line."""
+    from genmeasures.models.architecture import REQUIREMENT_TEXT
+
+    domain = _registry().get_measure(name).domain
+    return (
+        f"**Domain:** `{domain}`, {REQUIREMENT_TEXT[domain]}; outside it `compute` reports "
+        "`unsupported` with the module and the reason."
+    )
+
+
 def options_markdown(name: str) -> str:
     """The options of one measure as Markdown: a table, or "No options."."""
     gm = _registry()
@@ -128,13 +140,16 @@ def measures_table(page_path: str) -> str:
     """Every registered measure, in catalog order, linked to its entry from ``page_path``."""
     gm = _registry()
     here = posixpath.dirname(page_path)
-    lines = ["| measure | eq | family | needs | stochastic |", "|---|---|---|---|---|"]
+    lines = [
+        "| measure | eq | family | needs | stochastic | domain |",
+        "|---|---|---|---|---|---|",
+    ]
     for spec in gm.list_measures():
         link = posixpath.relpath(_ENTRIES[spec.name], here or ".")
         needs = ", ".join(sorted(spec.needs)) or "—"
         lines.append(
             f"| [`{spec.name}`]({link}#{spec.name}) | {spec.eq} | {spec.family} "
-            f"| {needs} | {spec.stochastic} |"
+            f"| {needs} | {spec.stochastic} | {spec.domain} |"
         )
     return "\n".join(lines)
 
@@ -143,10 +158,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Replace the option and measure-table markers of a page."""
 
     def options(match: re.Match[str]) -> str:
-        indent = match["indent"]
-        return "\n".join(
-            indent + line if line else line for line in options_markdown(match["name"]).split("\n")
-        )
+        indent, name = match["indent"], match["name"]
+        text = domain_markdown(name) + "\n\n" + options_markdown(name)
+        return "\n".join(indent + line if line else line for line in text.split("\n"))
 
     markdown = OPTIONS_MARKER.sub(options, markdown)
     return TABLE_MARKER.sub(lambda _: measures_table(page.file.src_uri), markdown)

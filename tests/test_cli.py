@@ -56,7 +56,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     rows = json.loads(out)
     assert [row["name"] for row in rows] == [spec.name for spec in gm.list_measures()]
-    assert {"name", "eq", "family", "needs", "stochastic", "description"} <= set(rows[0])
+    assert {"name", "eq", "family", "needs", "stochastic", "domain", "description"} <= set(rows[0])
     code, out, _ = run(capsys, "list", "*spec*", "--json")
     assert [row["name"] for row in json.loads(out)] == [s.name for s in gm.list_measures("*spec*")]
 

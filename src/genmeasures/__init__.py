@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         list_measures,
         register_measure,
     )
-    from genmeasures.models import build_model, fold_batchnorm, weight_layers
+    from genmeasures.models import build_model, describe, fold_batchnorm, weight_layers
     from genmeasures.zoo import Zoo
 
 __version__ = version("genmeasures")
@@ -86,7 +86,9 @@ _SOURCES: dict[str, str] = {
         ),
         "genmeasures.measures",
     ),
-    **dict.fromkeys(("build_model", "fold_batchnorm", "weight_layers"), "genmeasures.models"),
+    **dict.fromkeys(
+        ("build_model", "describe", "fold_batchnorm", "weight_layers"), "genmeasures.models"
+    ),
     "Zoo": "genmeasures.zoo",
 }
 
@@ -114,6 +116,7 @@ __all__ = [
     "__version__",
     "build_model",
     "compute",
+    "describe",
     "evaluate",
     "fold_batchnorm",
     "get_measure",

@@ -236,6 +236,7 @@ def _measure_row(spec: MeasureSpec) -> dict[str, str]:
         "family": spec.family,
         "needs": ",".join(sorted(spec.needs)) or "model only",
         "stochastic": spec.stochastic,
+        "domain": spec.domain,
         "description": spec.description,
     }
 

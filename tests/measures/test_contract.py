@@ -76,6 +76,47 @@ def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_va
     }
 
 
+#: Where each definition holds (issue 14): the measures of a chain of layers, of positively
+#: homogeneous units, of weight matrices only; every other one needs a differentiable network.
+CHAIN_DOMAIN = {
+    "vc-dim",
+    "num-params",
+    "prod-of-fro-over-margin",
+    "sum-of-fro-over-margin",
+    *(
+        f"{name}{suffix}"
+        for name in SPECTRAL - {"fro-over-spec", "spec-dist"}
+        for suffix in ("", "-reshaped")
+    ),
+}
+HOMOGENEOUS_DOMAIN = {"path-norm", "path-norm-over-margin"}
+WEIGHTS_DOMAIN = (
+    {"param-norm", "frob-distance", "prod-of-fro", "sum-of-fro"}
+    | {f"{name}{suffix}" for name in ("fro-over-spec", "spec-dist") for suffix in ("", "-reshaped")}
+    | {"normalized-sharpness", "normalized-sharpness-arxiv"}
+)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_measure_declares_its_domain(name):
+    domain = gm.get_measure(name).domain
+    expected = (
+        "chain"
+        if name in CHAIN_DOMAIN
+        else "homogeneous"
+        if name in HOMOGENEOUS_DOMAIN
+        else "weights"
+        if name in WEIGHTS_DOMAIN
+        else "differentiable"
+    )
+    assert domain == expected
+
+
+def test_a_domain_must_be_one_of_the_four():
+    with pytest.raises(ValueError, match="domain must be one of"):
+        gm.register_measure("test-bad-domain", eq="-", family="test", domain="convex")
+
+
 @pytest.fixture(scope="module", params=["trained_bn_mlp", "trained_nin"])
 def trained(request):
     return request.getfixturevalue(request.param)

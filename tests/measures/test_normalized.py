@@ -333,6 +333,7 @@ def test_per_layer_tables_and_totals():
         "gap",
         "iterations",
         "converged",
+        "rescaling_symmetry",
     ]
     for result in (icml, arxiv):
         assert list(result.per_layer.columns) == columns
@@ -343,6 +344,9 @@ def test_per_layer_tables_and_totals():
         assert (result.per_layer["gap"] <= 1e-8).all()
         assert result.extra["estimator"] == "ggn"
         assert result.extra["max_gap"] == result.per_layer["gap"].max()
+        # A ReLU chain: node rescaling is a symmetry at every layer but the last.
+        assert list(result.per_layer["rescaling_symmetry"]) == [True, True, True, False]
+        assert result.extra["rescaling_invariant"] is True
     total = icml.per_layer["ns_squared"].sum()
     assert icml.extra["sum_of_layers"] == pytest.approx(total, rel=1e-12)
     assert icml.value == pytest.approx(math.sqrt(total), rel=1e-12)

@@ -32,7 +32,12 @@ def input_side(ctx: MeasureContext) -> int:
 
 
 @register_measure(
-    "vc-dim", eq=19, family="vc/count", needs=("shape",), aliases=("VC dim", "vc dim")
+    "vc-dim",
+    eq=19,
+    family="vc/count",
+    needs=("shape",),
+    aliases=("VC dim", "vc dim"),
+    domain="chain",
 )
 def vc_dim(ctx: MeasureContext) -> MeasureOutput:
     """Simplified VC-dimension bound μ_vc of eq 19 (Bartlett et al., via the paper's Theorem 2)."""
@@ -49,6 +54,7 @@ def vc_dim(ctx: MeasureContext) -> MeasureOutput:
     eq=20,
     family="vc/count",
     aliases=("# params", "#params", "#-param"),
+    domain="chain",
 )
 def num_params(ctx: MeasureContext) -> MeasureOutput:
     """Σ_i k_i² c_{i-1} (c_i + 1) as printed in eq 20 (not the framework's parameter count)."""

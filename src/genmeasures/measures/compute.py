@@ -200,6 +200,7 @@ def _run_one(
         )
 
     try:
+        spec.check_domain(ctx)  # outside its domain a measure is unsupported, never a number
         output = spec.call(ctx, options)
     except (MissingInputError, UnsupportedLayerError, UnsupportedInputError) as error:
         if explicit:

@@ -19,7 +19,7 @@ from torch import nn
 from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
 from genmeasures.measures.inputs import LogitsOf, OutputFn, logits_selector
 from genmeasures.measures.result import UndefinedMeasure
-from genmeasures.models import WeightLayer, fold_batchnorm, weight_layers
+from genmeasures.models import Architecture, WeightLayer, describe, fold_batchnorm, weight_layers
 from genmeasures.seeding import derive_seed
 
 T = TypeVar("T")
@@ -206,6 +206,11 @@ class MeasureContext:
         )
 
     # ------------------------------------------------------------------ weights
+
+    @property
+    def architecture(self) -> Architecture:
+        """The analysis of the unfolded network (:func:`genmeasures.describe`), made once."""
+        return self.cached("architecture", lambda: describe(self.model, self.input_shape))
 
     @property
     def architecture_layers(self) -> list[WeightLayer]:

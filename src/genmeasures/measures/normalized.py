@@ -287,7 +287,7 @@ def normalized_sharpness_layers(
     return diagonal.estimator, results
 
 
-def _sharpness_table(layers: list[LayerSharpness]) -> pd.DataFrame:
+def _sharpness_table(layers: list[LayerSharpness], symmetry: dict[str, bool]) -> pd.DataFrame:
     rows = []
     for result in layers:
         gamma = result.solution.gamma
@@ -305,25 +305,40 @@ def _sharpness_table(layers: list[LayerSharpness]) -> pd.DataFrame:
                 "gap": result.solution.gap,
                 "iterations": result.solution.iterations,
                 "converged": result.solution.converged,
+                "rescaling_symmetry": symmetry.get(result.layer, False),
             }
         )
     return pd.DataFrame(rows)
 
 
 def _sharpness_output(
-    estimator: str, layers: list[LayerSharpness], seconds: float, combine: Callable[[float], float]
+    ctx: MeasureContext,
+    estimator: str,
+    layers: list[LayerSharpness],
+    seconds: float,
+    combine: Callable[[float], float],
 ) -> MeasureOutput:
+    """The value, its per-layer table and whether node rescaling is a symmetry at each layer.
+
+    Normalized sharpness is computed at every weight layer; its invariance to node rescaling is
+    an invariance of the network only where rescaling is a symmetry (``rescaling_symmetry``: the
+    layer's outputs reach the next weight layers through positively homogeneous units only), and
+    ``extra["rescaling_invariant"]`` says whether it is one at every hidden layer.
+    """
+    architecture = ctx.architecture
+    symmetry = {layer.name: layer.rescaling_symmetry for layer in architecture.weight_layers}
     total = sum(result.value for result in layers)
     return MeasureOutput(
         value=combine(total),
         converged=all(result.solution.converged for result in layers),
-        per_layer=_sharpness_table(layers),
+        per_layer=_sharpness_table(layers, symmetry),
         extra={
             "estimator": estimator,
             "sum_of_layers": total,
             "max_gap": max(result.solution.gap for result in layers),
             "attained": all(result.solution.attained for result in layers),
             "seconds_total": seconds,
+            "rescaling_invariant": architecture.rescaling_invariant,
         },
     )
 
@@ -341,12 +356,13 @@ _NS_ALIASES = ("NS", "normalized sharpness", "normalized-sharpness-icml")
     stochastic="yes",
     aliases=_NS_ALIASES,
     options=SharpnessOptions,
+    domain="weights",
 )
 def normalized_sharpness(ctx: MeasureContext, *, options: SharpnessOptions) -> MeasureOutput:
     """Normalized sharpness sqrt(Σ_l NS_l²), NS_l² = inf_γ Σ M_ik e^{γi−γk} (Tsuzuku eq 35)."""
     start = time.perf_counter()
     name, layers = normalized_sharpness_layers(ctx, options)
-    return _sharpness_output(name, layers, time.perf_counter() - start, math.sqrt)
+    return _sharpness_output(ctx, name, layers, time.perf_counter() - start, math.sqrt)
 
 
 @register_measure(
@@ -357,12 +373,13 @@ def normalized_sharpness(ctx: MeasureContext, *, options: SharpnessOptions) -> M
     stochastic="yes",
     aliases=("normalized sharpness arxiv", "normalized-sharpness-two-sided"),
     options=SharpnessOptions,
+    domain="weights",
 )
 def normalized_sharpness_arxiv(ctx: MeasureContext, *, options: SharpnessOptions) -> MeasureOutput:
     """Preprint's two-sided normalized sharpness, summed over layers (Tsuzuku §5 of the spec)."""
     start = time.perf_counter()
     name, layers = normalized_sharpness_layers(ctx, options, two_sided=True)
-    return _sharpness_output(name, layers, time.perf_counter() - start, float)
+    return _sharpness_output(ctx, name, layers, time.perf_counter() - start, float)
 
 
 def _elementwise_measure(
@@ -395,6 +412,7 @@ def _elementwise_measure(
     stochastic="yes",
     aliases=("NS1", "parameter-normalized sharpness"),
     options=DiagonalOptions,
+    domain="differentiable",
 )
 def normalized_sharpness_param(ctx: MeasureContext, *, options: DiagonalOptions) -> MeasureOutput:
     """Σ_i sqrt(F̂_i) |θ_i| over all weights: per-parameter normalization (Tsuzuku eq 19)."""
@@ -409,6 +427,7 @@ def normalized_sharpness_param(ctx: MeasureContext, *, options: DiagonalOptions)
     stochastic="yes",
     aliases=("hessian weighted norm", "fr-term"),
     options=DiagonalOptions,
+    domain="differentiable",
 )
 def hessian_weighted_norm(ctx: MeasureContext, *, options: DiagonalOptions) -> MeasureOutput:
     """Σ_i F̂_i θ_i² over all weights, the Hessian-weighted squared norm (Tsuzuku eq 16)."""
@@ -427,6 +446,7 @@ def _parameter_shapes(ctx: MeasureContext) -> dict[str, str]:
     stochastic="yes",
     aliases=("trace of hessian", "hessian trace", "Tr H"),
     options=TraceOptions,
+    domain="differentiable",
 )
 def trace_of_hessian(ctx: MeasureContext, *, options: TraceOptions) -> MeasureOutput:
     """Trace of the training loss's Hessian over all parameters, Hutchinson (Tsuzuku eq 6)."""
@@ -454,6 +474,7 @@ def trace_of_hessian(ctx: MeasureContext, *, options: TraceOptions) -> MeasureOu
     stochastic="yes",  # Lanczos from a random start; float32 HVPs differ across starts at 1e-7
     aliases=("hessian max eigenvalue", "lambda max"),
     options=EigenvalueOptions,
+    domain="differentiable",
 )
 def max_eigenvalue_of_hessian(ctx: MeasureContext, *, options: EigenvalueOptions) -> MeasureOutput:
     """Largest eigenvalue of the training loss's Hessian over all parameters, by Lanczos."""

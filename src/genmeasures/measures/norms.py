@@ -34,6 +34,7 @@ def _log_fro_product(ctx: MeasureContext) -> float:
     family="norm",
     needs=("data",),
     aliases=("prod-of-fro/margin", "frob product om"),
+    domain="chain",
 )
 def prod_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """Π_i ‖W_i‖_F² / γ² (eq 36)."""
@@ -42,7 +43,7 @@ def prod_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     return from_log(log_product - 2 * math.log(gamma), extra={"margin": gamma})
 
 
-@register_measure("prod-of-fro", eq=37, family="norm", aliases=("frob product",))
+@register_measure("prod-of-fro", eq=37, family="norm", aliases=("frob product",), domain="weights")
 def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
     """Π_i ‖W_i‖_F² (eq 37)."""
     return from_log(_log_fro_product(ctx))
@@ -54,6 +55,7 @@ def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
     family="norm",
     needs=("data",),
     aliases=("sum-of-fro/margin", "frob product dd/2 om"),
+    domain="chain",
 )
 def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """Depth times the geometric mean: d (Π_i ‖W_i‖_F² / γ²)^{1/d} (eq 38; γ² inside)."""
@@ -63,7 +65,9 @@ def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
     return from_log(log_value, extra={"margin": gamma})
 
 
-@register_measure("sum-of-fro", eq=39, family="norm", aliases=("frob product dd/2",))
+@register_measure(
+    "sum-of-fro", eq=39, family="norm", aliases=("frob product dd/2",), domain="weights"
+)
 def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
     """Depth times the geometric mean: d (Π_i ‖W_i‖_F²)^{1/d} (eq 39)."""
     d = ctx.num_layers
@@ -76,13 +80,20 @@ def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
     family="norm",
     needs=("init",),
     aliases=("frob distance", "displacement"),
+    domain="weights",
 )
 def frob_distance(ctx: MeasureContext) -> MeasureOutput:
     """Σ_i ‖W_i − W_i⁰‖_F² over the folded weights, biases excluded (eq 40)."""
     return MeasureOutput(value=float(np.sum(ctx.distance_frobenius_norms() ** 2)))
 
 
-@register_measure("param-norm", eq=42, family="norm", aliases=("parameter norm", "parameter-norm"))
+@register_measure(
+    "param-norm",
+    eq=42,
+    family="norm",
+    aliases=("parameter norm", "parameter-norm"),
+    domain="weights",
+)
 def param_norm(ctx: MeasureContext) -> MeasureOutput:
     """Σ_i ‖W_i‖_F² over the folded weights, biases excluded (eq 42)."""
     return MeasureOutput(value=float(np.sum(ctx.frobenius_norms() ** 2)))
@@ -133,6 +144,7 @@ def _checked_path_sum(ctx: MeasureContext) -> float:
     family="path",
     needs=("data", "shape"),
     aliases=("path-norm/margin", "path norm/margin"),
+    domain="homogeneous",
 )
 def path_norm_over_margin(ctx: MeasureContext) -> MeasureOutput:
     """S / γ², i.e. path-norm² / γ² (eq 43)."""
@@ -141,14 +153,26 @@ def path_norm_over_margin(ctx: MeasureContext) -> MeasureOutput:
     return MeasureOutput(value=total / gamma**2, extra={"margin": gamma})
 
 
-@register_measure("path-norm", eq=44, family="path", needs=("shape",), aliases=("path norm",))
+@register_measure(
+    "path-norm",
+    eq=44,
+    family="path",
+    needs=("shape",),
+    aliases=("path norm",),
+    domain="homogeneous",
+)
 def path_norm(ctx: MeasureContext) -> MeasureOutput:
     """sqrt(S), the square root of the squared network's output sum on an all-ones input (eq 44)."""
     return MeasureOutput(value=math.sqrt(_checked_path_sum(ctx)))
 
 
 @register_measure(
-    "fisher-rao", eq=45, family="norm", needs=("data",), aliases=("fr norm cross-entropy",)
+    "fisher-rao",
+    eq=45,
+    family="norm",
+    needs=("data",),
+    aliases=("fr norm cross-entropy",),
+    domain="differentiable",
 )
 def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
     """(d+1)²/m Σ_j ⟨w, ∇_w ℓ_j⟩² over the folded weights w, biases held fixed (eq 45).

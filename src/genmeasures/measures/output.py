@@ -12,7 +12,12 @@ from genmeasures.measures.result import MeasureOutput
 
 
 @register_measure(
-    "cross-entropy", eq=21, family="output", needs=("data",), aliases=("cross entropy",)
+    "cross-entropy",
+    eq=21,
+    family="output",
+    needs=("data",),
+    aliases=("cross entropy",),
+    domain="differentiable",
 )
 def cross_entropy(ctx: MeasureContext) -> MeasureOutput:
     """Mean training cross-entropy, exact over the whole training set (eq 21)."""
@@ -21,7 +26,12 @@ def cross_entropy(ctx: MeasureContext) -> MeasureOutput:
 
 
 @register_measure(
-    "inverse-margin", eq=22, family="output", needs=("data",), aliases=("1/margin", "1/γ", "margin")
+    "inverse-margin",
+    eq=22,
+    family="output",
+    needs=("data",),
+    aliases=("1/margin", "1/γ", "margin"),
+    domain="differentiable",
 )
 def inverse_margin(ctx: MeasureContext) -> MeasureOutput:
     """1/γ² with γ the 10th-percentile training margin (eq 22); NaN if γ ≤ 0."""
@@ -35,6 +45,7 @@ def inverse_margin(ctx: MeasureContext) -> MeasureOutput:
     family="output",
     needs=("data",),
     aliases=("entropy", "-entropy", "logit entropy"),
+    domain="differentiable",
 )
 def neg_entropy(ctx: MeasureContext) -> MeasureOutput:
     """Mean negative entropy Σ_c p log p of the softmax outputs (eq 23); ≤ 0."""
@@ -46,7 +57,12 @@ def neg_entropy(ctx: MeasureContext) -> MeasureOutput:
 
 
 @register_measure(
-    "input-grad-norm", eq="-", family="output", needs=("data",), aliases=("input grad norm",)
+    "input-grad-norm",
+    eq="-",
+    family="output",
+    needs=("data",),
+    aliases=("input grad norm",),
+    domain="differentiable",
 )
 def input_grad_norm(ctx: MeasureContext) -> MeasureOutput:
     """Mean ℓ2 norm of the cross-entropy's gradient w.r.t. the input (project definition, §4).

@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 #: ``records``: the training-time records.
 INPUT_KINDS = ("data", "shape", "init", "records")
 
+#: The domains a measure can declare, where its definition holds (``ARCHITECTURE.md``, "Two rules
+#: of trust"), checked by ``compute`` against :func:`genmeasures.describe`:
+#: ``differentiable``: any differentiable network; ``weights``: a network with weight matrices;
+#: ``chain``: a chain of layers (weight layers connected only through elementwise activations,
+#: pooling, reshapes, dropout and foldable BatchNorm); ``homogeneous``: a network of positively
+#: homogeneous units (a DAG is fine; a normalization layer, gate or attention is not).
+DOMAINS = ("differentiable", "weights", "chain", "homogeneous")
+
 MeasureFn = Callable[..., "MeasureOutput"]
 
 
@@ -51,6 +59,8 @@ class MeasureSpec:
         fixed: Keyword parameters bound by this registration (e.g. the spectral variant); they
             are recorded with every value but cannot be changed.
         description: One line saying what it is.
+        domain: The networks where its definition holds, one of :data:`DOMAINS`; outside it,
+            ``compute`` reports it ``unsupported`` (:meth:`check_domain`).
     """
 
     name: str
@@ -63,6 +73,31 @@ class MeasureSpec:
     options: type[Settings] | None = None
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    domain: str = "differentiable"
+
+    def check_domain(self, ctx: MeasureContext) -> None:
+        """Raise unless the context's network is inside this measure's domain.
+
+        Raises:
+            UnsupportedLayerError: naming the module and the reason, e.g. ``residual addition at
+                `layer1.0` (...): spec-init (eq 25) is defined for a chain of layers (...)``.
+        """
+        if self.domain == "differentiable":
+            return
+        from genmeasures.errors import ModelError, UnsupportedLayerError
+        from genmeasures.models.architecture import REQUIREMENT_TEXT
+
+        try:
+            reason = ctx.architecture.violation(self.domain)
+        except UnsupportedLayerError:
+            raise
+        except ModelError as error:
+            reason = f"the architecture could not be analysed ({error})"
+        if reason is not None:
+            eq = "" if self.eq == "-" else f" (eq {self.eq})"
+            raise UnsupportedLayerError(
+                f"{reason}: {self.name}{eq} is defined for {REQUIREMENT_TEXT[self.domain]}"
+            )
 
     def canonical_options(self, given: Mapping[str, Any]) -> Settings | None:
         """Check the options given for this measure; return them with defaults, canonicalized.
@@ -150,6 +185,7 @@ def register_measure(
     options: type[Settings] | None = None,
     fixed: dict[str, Any] | None = None,
     description: str | None = None,
+    domain: str = "differentiable",
 ) -> Callable[[MeasureFn], MeasureFn]:
     """Register a measure function under ``name``.
 
@@ -166,6 +202,7 @@ def register_measure(
             used to register the ``-reshaped`` variants from the same function.
         description: One line saying what it is; defaults to the first line of the docstring
             (give one when a function is registered under several names).
+        domain: The networks where its definition holds, one of :data:`DOMAINS`.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -175,6 +212,8 @@ def register_measure(
         raise ValueError(f"{name}: unknown input kinds {sorted(needs - set(INPUT_KINDS))}")
     if stochastic not in ("no", "no*", "yes", "opt"):
         raise ValueError(f"{name}: stochastic must be no, no*, yes or opt, got {stochastic!r}")
+    if domain not in DOMAINS:
+        raise ValueError(f"{name}: domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     fixed = dict(fixed or {})
 
     def decorator(fn: MeasureFn) -> MeasureFn:
@@ -193,6 +232,7 @@ def register_measure(
             options=options,
             fixed=fixed,
             description=doc.splitlines()[0] if doc else "",
+            domain=domain,
         )
         for label in (name, *aliases):
             key = label.lower()

@@ -262,9 +262,18 @@ class _Spectral:
 
 
 def _register_both(
-    name: str, *, eq: str | int, needs: tuple[str, ...], aliases: tuple[str, ...] = ()
+    name: str,
+    *,
+    eq: str | int,
+    needs: tuple[str, ...],
+    aliases: tuple[str, ...] = (),
+    domain: str = "chain",
 ) -> Callable[[MeasureFn], MeasureFn]:
-    """Register a spectral measure as ``name`` (operator norm) and ``name-reshaped``."""
+    """Register a spectral measure as ``name`` (operator norm) and ``name-reshaped``.
+
+    The bounds and products of eqs 25-35 are defined for a chain of layers (``domain="chain"``);
+    fro-over-spec (a sum of stable ranks) and spec-dist need weight matrices only.
+    """
 
     def decorator(fn: MeasureFn) -> MeasureFn:
         register_measure(
@@ -275,6 +284,7 @@ def _register_both(
             stochastic="no*",
             aliases=aliases,
             fixed={"variant": "operator"},
+            domain=domain,
         )(fn)
         register_measure(
             f"{name}-reshaped",
@@ -282,6 +292,7 @@ def _register_both(
             family="spectral",
             needs=tuple(n for n in needs if n != "shape"),
             fixed={"variant": "reshaped"},
+            domain=domain,
         )(fn)
         return fn
 
@@ -351,7 +362,7 @@ def prod_of_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     return spectral.output(spectral.log_product)
 
 
-@_register_both("fro-over-spec", eq=33, needs=("shape",), aliases=("fro/spec",))
+@_register_both("fro-over-spec", eq=33, needs=("shape",), aliases=("fro/spec",), domain="weights")
 def fro_over_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     """Σ_i ‖W_i‖_F² / ‖W_i‖₂² (eq 33); a sum of stable ranks under ``reshaped``."""
     spectral = _Spectral(ctx, variant)
@@ -385,7 +396,9 @@ def sum_of_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     return spectral.output(math.log(d) + spectral.log_product / d)
 
 
-@_register_both("spec-dist", eq=41, needs=("shape", "init"), aliases=("dist-spec-init",))
+@_register_both(
+    "spec-dist", eq=41, needs=("shape", "init"), aliases=("dist-spec-init",), domain="weights"
+)
 def spec_dist(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     """Σ_i ‖W_i − W_i⁰‖₂² (eq 41), the operator norm of the difference kernel."""
     distances, converged = spectral_norms(ctx, variant, "init")

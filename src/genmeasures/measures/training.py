@@ -156,6 +156,7 @@ def _threshold_step(ctx: MeasureContext, threshold: float) -> int:
     family=FAMILY,
     needs=("records",),
     aliases=("step to 0.1", "step-to-0.1", "#steps-0.1-loss"),
+    domain="differentiable",
 )
 def num_step_to_first_threshold(ctx: MeasureContext) -> MeasureOutput:
     """t_{0.1}: optimizer updates until the first loss check with cross-entropy ≤ 0.1 (eq 63).
@@ -174,6 +175,7 @@ def num_step_to_first_threshold(ctx: MeasureContext) -> MeasureOutput:
     family=FAMILY,
     needs=("records",),
     aliases=("step 0.1 to 0.01", "step-0.1-to-0.01", "step between"),
+    domain="differentiable",
 )
 def num_step_between_thresholds(ctx: MeasureContext) -> MeasureOutput:
     """t_{0.01} − t_{0.1}: optimizer updates from cross-entropy 0.1 to 0.01 (eq 64).
@@ -326,6 +328,7 @@ def _epoch1_model(ctx: MeasureContext) -> nn.Module:
     stochastic="opt",
     aliases=("grad noise 1 epoch", "grad Var 1 epoch", "grad-noise-epoch1"),
     options=GradientNoiseOptions,
+    domain="differentiable",
 )
 def grad_noise_epoch_1(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients after the first epoch (eq 65).
@@ -356,6 +359,7 @@ def grad_noise_epoch_1(ctx: MeasureContext, *, options: GradientNoiseOptions) ->
     stochastic="opt",
     aliases=("grad noise final", "grad Var"),
     options=GradientNoiseOptions,
+    domain="differentiable",
 )
 def grad_noise_final(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients at the final weights (eq 66).

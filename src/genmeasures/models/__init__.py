@@ -9,11 +9,14 @@
   records with their :class:`ConvGeometry` and recorded input shape (MEASURES.md §2.2).
 - :func:`uses_piecewise_linear_activations` (``linearity``): whether the network is piecewise
   linear.
+- :func:`describe` (``architecture``): what kind of network it is (weight layers, chain or not,
+  normalizations, activations), the domain every measure is checked against.
 - ``probe``: the eval-mode forward pass of zeros that ``layers`` and ``folding`` read.
 """
 
 from __future__ import annotations
 
+from genmeasures.models.architecture import Architecture, describe
 from genmeasures.models.builders import (
     build_model,
     default_hparams,
@@ -25,10 +28,12 @@ from genmeasures.models.layers import ConvGeometry, WeightLayer, weight_layers
 from genmeasures.models.linearity import uses_piecewise_linear_activations
 
 __all__ = [
+    "Architecture",
     "ConvGeometry",
     "WeightLayer",
     "build_model",
     "default_hparams",
+    "describe",
     "fold_batchnorm",
     "hyperparameters",
     "list_models",

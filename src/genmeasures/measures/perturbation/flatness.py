@@ -224,4 +224,5 @@ for _name, _eq, _search, _quantity, _aliases, _description in _CATALOG:
         options=SEARCH_OPTIONS[_search],
         fixed={"quantity": _quantity},
         description=_description,
+        domain="differentiable",
     )(_FUNCTIONS[_search])

@@ -1,0 +1,178 @@
+"""Every measure's status on networks outside the papers' chains: never ok outside its domain."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import genmeasures as gm
+from genmeasures.zoo.train import TrainingConfig, train_to_target
+from networks import NETWORKS, ResidualCNN
+
+ALL = [spec.name for spec in gm.list_measures()]
+
+SPECTRAL_CHAIN = [
+    "spec-init",
+    "spec-orig",
+    "spec-init-main",
+    "spec-orig-main",
+    "prod-of-spec-over-margin",
+    "prod-of-spec",
+    "sum-of-spec-over-margin",
+    "sum-of-spec",
+]
+#: The issue's domains, written out: what each measure's definition needs.
+CHAIN = {
+    "vc-dim",
+    "num-params",
+    "prod-of-fro-over-margin",
+    "sum-of-fro-over-margin",
+    *SPECTRAL_CHAIN,
+    *(f"{name}-reshaped" for name in SPECTRAL_CHAIN),
+}
+HOMOGENEOUS = {"path-norm", "path-norm-over-margin"}
+WEIGHTS = {
+    "param-norm",
+    "frob-distance",
+    "prod-of-fro",
+    "sum-of-fro",
+    "fro-over-spec",
+    "fro-over-spec-reshaped",
+    "spec-dist",
+    "spec-dist-reshaped",
+    "normalized-sharpness",
+    "normalized-sharpness-arxiv",
+}
+RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoch-1"}
+
+#: On the transformer block (LayerNorm, attention), the measures that work today: those reading
+#: only the outputs (or a gradient of the unfolded network). The others need weight layers, which
+#: LayerNorm and nn.MultiheadAttention do not give yet (UnsupportedLayerError, as before).
+TRANSFORMER_OK = {"cross-entropy", "inverse-margin", "neg-entropy", "input-grad-norm"}
+TRANSFORMER_OK |= {"grad-noise-final"}
+
+
+def expected_status(network: str, name: str) -> str:
+    """The status of measure ``name`` on ``network`` without records: the table of the issue."""
+    if name in RECORDS:
+        return "missing"
+    if network == "transformer_block":
+        return "ok" if name in TRANSFORMER_OK else "unsupported"
+    outside = {
+        "residual_mlp": CHAIN,
+        "residual_cnn": CHAIN,
+        "concat_net": CHAIN,
+        "tanh_mlp": HOMOGENEOUS,
+    }[network]
+    return "unsupported" if name in outside else "ok"
+
+
+def test_the_domains_of_the_issue_are_the_declared_ones():
+    declared = {spec.name: spec.domain for spec in gm.list_measures()}
+    assert {n for n, d in declared.items() if d == "chain"} == CHAIN
+    assert {n for n, d in declared.items() if d == "homogeneous"} == HOMOGENEOUS
+    assert {n for n, d in declared.items() if d == "weights"} == WEIGHTS
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def network_results(request):
+    model, init = NETWORKS[request.param](0), NETWORKS[request.param](1)
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn(48, *model.input_shape, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        labels = model.eval()(inputs).argmax(dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gm.GenMeasuresWarning)
+        results = gm.compute(model, (inputs, labels), init_model=init, seed=0)
+    return request.param, results
+
+
+def test_every_measure_has_its_expected_status(network_results):
+    network, results = network_results
+    received = {name: results[name].status for name in ALL}
+    assert received == {name: expected_status(network, name) for name in ALL}
+
+
+def test_ok_values_are_finite_and_unsupported_ones_say_why(network_results):
+    _, results = network_results
+    for name in ALL:
+        result = results[name]
+        if result.status == "ok":
+            assert math.isfinite(result.value), name
+        elif result.status == "unsupported":
+            assert math.isnan(result.value)
+            named = ("`", "module '", "the model's top-level forward")
+            assert any(where in result.message for where in named), result.message
+
+
+def test_chain_measures_name_the_residual_module():
+    results = gm.compute(NETWORKS["residual_cnn"](0), None, measures="*spec*")
+    assert results["prod-of-spec"].message.startswith(
+        "residual addition at `layer1.0` (add of 2 activations): prod-of-spec (eq 32) is defined "
+        "for a chain of layers"
+    )
+    assert results["spec-dist"].status == "missing"  # a weights-only measure: inside its domain
+
+
+def test_normalized_sharpness_flags_where_rescaling_is_a_symmetry(network_results):
+    network, results = network_results
+    if network == "transformer_block":
+        pytest.skip("no weight layers yet")
+    result = results["normalized-sharpness"]
+    flags = dict(
+        zip(result.per_layer["layer"], result.per_layer["rescaling_symmetry"], strict=True)
+    )
+    expected = {
+        "residual_mlp": {"inp": False, "fc1": True, "fc2": False, "out": False},
+        "tanh_mlp": {"0": False, "2": False, "4": False},
+        "concat_net": {"left": True, "right": True, "out": False},
+        "residual_cnn": {
+            "stem": False,
+            "layer1.0.conv1": True,
+            "layer1.0.conv2": False,
+            "layer1.1.conv1": True,
+            "layer1.1.conv2": False,
+            "fc": False,
+        },
+    }[network]
+    assert flags == expected
+    assert result.extra["rescaling_invariant"] is (network == "concat_net")
+
+
+def test_a_measure_named_outside_its_domain_raises():
+    model = NETWORKS["residual_cnn"](0)
+    with pytest.raises(gm.UnsupportedLayerError, match=r"measure 'prod-of-spec'.*`layer1\.0`"):
+        gm.compute(model, None, measures=["prod-of-spec"])
+    with pytest.raises(gm.UnsupportedLayerError, match=r"measure 'path-norm'.*Tanh at `1`"):
+        gm.compute(NETWORKS["tanh_mlp"](0), None, measures="path-norm")
+
+
+def test_a_trained_residual_cnn_with_batchnorm_has_every_other_measure_ok():
+    """The issue's criterion: chain-only measures unsupported with a reason, all others ok."""
+    data = gm.load_dataset("digits", train_size=300, test_size=100)
+    torch.manual_seed(0)
+    model = ResidualCNN(in_channels=1, channels=8, classes=data.num_classes)
+    model.input_shape = data.input_shape
+    config = TrainingConfig(
+        optimizer="adam",
+        lr=0.02,
+        batch_size=32,
+        target_ce=0.01,
+        check_every=20,
+        check_batches=10,
+        max_epochs=200,
+    )
+    run = train_to_target(model, data, config)
+    assert run.status == "done"
+    results = gm.compute(run.model, data, init_model=run.init_model, records=run.records, seed=3)
+    for name in ALL:
+        result = results[name]
+        if name in CHAIN:
+            assert result.status == "unsupported", name
+            assert "residual addition at `layer1.0`" in result.message
+        else:
+            assert result.status == "ok", (name, result.message)
+            assert math.isfinite(result.value), name
