@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch.func import grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genmeasures.errors import MeasureError
 from genmeasures.measures.context import MeasureContext
@@ -67,8 +68,14 @@ class _Loss:
         return self.network.size
 
     def batch_loss(self, selected: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Σ_batch CE / N with ``selected`` substituted for those parameters."""
-        logits = self.network(selected, x)
+        """Σ_batch CE / N with ``selected`` substituted for those parameters.
+
+        Scaled dot-product attention runs on its math kernel, made of differentiable primitive
+        operations: the fused kernels (flash, memory-efficient) have no forward-mode derivative,
+        which the Hessian-vector products need. Networks without attention are unaffected.
+        """
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = self.network(selected, x)
         return F.cross_entropy(logits, y, reduction="sum") / self.num_train
 
     def batch_grad(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[Params], Params]:
