@@ -202,12 +202,15 @@ def test_unsupported_layer_fails_weight_measures_only(data):
         gm.compute(model, data, measures=["param-norm"])
     with pytest.warns(gm.GenMeasuresWarning, match="margin"):
         results = gm.compute(model, data, measures="*")
-    # The output and optimization measures need no folding (MEASURES.md §1.2).
-    no_folding = ("output", "optimization")
+    # The output and optimization measures need no folding (MEASURES.md §1.2); the PAC-Bayes
+    # and sharpness measures perturb every parameter of the unfolded network instead (issue 14).
+    no_folding = ("output", "optimization", "flatness-pacbayes", "flatness-sharpness")
     weight_based = [name for name in results if gm.get_measure(name).family not in no_folding]
     for name in weight_based:
         assert results[name].status == "unsupported", name
         assert "LayerNorm" in results[name].message
+    assert results["pacbayes-flatness"].status == "ok"
+    assert results["pacbayes-flatness"].extra["parameters"] == "all trainable parameters (unfolded)"
     assert results["cross-entropy"].status == "ok"
     assert math.isfinite(results["input-grad-norm"].value)
     assert math.isfinite(results["grad-noise-final"].value)
