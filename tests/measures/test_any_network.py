@@ -184,12 +184,6 @@ def test_hessian_trace_and_top_eigenvalue_on_networks_that_cannot_be_folded(name
     assert list(pair.vector) == [n for n, _ in model.named_parameters()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=gm.UnsupportedLayerError,
-    reason="normalized._parameter_shapes reads ctx.folded_model (measures/normalized.py, on the "
-    "arch branch): it must read the shapes of curvature's θ (differentiated_parameters)",
-)
 def test_hessian_measures_compute_on_a_network_that_cannot_be_folded():
     model, _, _, inputs, labels = fitted("mixer")
     results = quietly(

@@ -52,7 +52,10 @@ RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoc
 #: only the outputs (or a gradient of the unfolded network). The others need weight layers, which
 #: LayerNorm and nn.MultiheadAttention do not give yet (UnsupportedLayerError, as before).
 TRANSFORMER_OK = {"cross-entropy", "inverse-margin", "neg-entropy", "input-grad-norm"}
-TRANSFORMER_OK |= {"grad-noise-final"}
+TRANSFORMER_OK |= {"grad-noise-final", "hessian-trace", "hessian-max-eig"}
+#: ... and the searches, which perturb every parameter of a network that cannot be folded.
+SEARCHES = ("flatness-pacbayes", "flatness-sharpness")
+TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SEARCHES}
 
 
 def expected_status(network: str, name: str) -> str:
