@@ -72,3 +72,16 @@ def test_readme_quick_start_has_exactly_two_commands():
     assert "genmeasures study" in commands[0]
     assert "pytest" in commands[1]
     assert all("torch==2.13.0" in command for command in commands)
+
+
+def test_readme_own_network_example_runs(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path))
+    block = python_blocks()[4]
+    assert "ViTForImageClassification" in block
+    exec(compile(block, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "chain: no" in printed
+    rows = {line.split()[0]: line for line in printed.splitlines() if line.split()}
+    assert " ok " in rows["pacbayes-flatness"] and " ok " in rows["normalized-sharpness"]
+    assert "unsupported" in rows["spec-init"] and "unsupported" in rows["path-norm"]
