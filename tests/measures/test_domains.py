@@ -49,10 +49,12 @@ WEIGHTS = {
 RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoch-1"}
 
 #: On the transformer block (LayerNorm, attention), the measures that work today: those reading
-#: only the outputs (or a gradient of the unfolded network). The others need weight layers, which
-#: LayerNorm and nn.MultiheadAttention do not give yet (UnsupportedLayerError, as before).
+#: only the outputs (or a gradient of the unfolded network), those reading only weight matrices
+#: (measures/matrices.py: attention projections included) and Fisher-Rao (Liang et al.'s norm).
+#: The others still need folded weight layers (UnsupportedLayerError, as before).
 TRANSFORMER_OK = {"cross-entropy", "inverse-margin", "neg-entropy", "input-grad-norm"}
-TRANSFORMER_OK |= {"grad-noise-final"}
+TRANSFORMER_OK |= {"grad-noise-final", "fisher-rao"}
+TRANSFORMER_OK |= WEIGHTS - {"normalized-sharpness", "normalized-sharpness-arxiv"}
 
 
 def expected_status(network: str, name: str) -> str:
