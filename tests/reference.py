@@ -326,6 +326,11 @@ def perturbed_parameters(model: nn.Module) -> list[nn.Parameter]:
     return parameters
 
 
+def all_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """θ of a network that cannot be folded: every parameter, in ``named_parameters()`` order."""
+    return [parameter for _, parameter in model.named_parameters()]
+
+
 def correct_count(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
     """How many examples have ``argmax`` of the logits equal to the label, in batches of 512."""
     correct = 0
@@ -356,6 +361,7 @@ def perturbation_search_by_loops(
     ascent_rule: str = "gradient",
     step_size: float | None = None,
     eval_subset: int | None = None,
+    parameters_of: Callable[[nn.Module], list[nn.Parameter]] = perturbed_parameters,
 ) -> dict:
     """The literal reference of ``MEASURES.md`` §2.4: bisection × draws, each scored on all of E.
 
@@ -364,7 +370,9 @@ def perturbation_search_by_loops(
     it, in eval mode, is perturbed in place; θ0 (the weights and biases of every Linear and Conv
     module) is kept as clones. Draw or restart k uses its own generator, re-seeded with
     ``derive_seed(seed, "perturbation/" + search, k)`` every time it is used (common random
-    numbers), so ``A(s)`` is a fixed function of s.
+    numbers), so ``A(s)`` is a fixed function of s. ``parameters_of`` chooses θ in the copy:
+    by default the Linear/Conv weights and biases (:func:`perturbed_parameters`), or
+    :func:`all_parameters` for a network that cannot be folded.
 
     - PAC-Bayes: ``A(s)`` is the mean over ``samples`` draws of ``acc(θ0 + u; E)`` with
       ``u = s·z`` (``pacbayes-sigma``) or ``u = sqrt(s²θ0² + eps²)·z`` (``pacbayes-mag-sigma``),
@@ -408,7 +416,7 @@ def perturbation_search_by_loops(
     perturbed = copy.deepcopy(model).eval()
     for parameter in perturbed.parameters():
         parameter.requires_grad_(False)
-    parameters = perturbed_parameters(perturbed)
+    parameters = parameters_of(perturbed)
     if not parameters:
         raise ValueError("the model has no Linear or Conv weights to perturb")
     theta0 = [p.detach().clone() for p in parameters]

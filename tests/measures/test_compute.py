@@ -202,12 +202,21 @@ def test_unsupported_layer_fails_weight_measures_only(data):
         gm.compute(model, data, measures=["param-norm"])
     with pytest.warns(gm.GenMeasuresWarning, match="margin"):
         results = gm.compute(model, data, measures="*")
-    # The output and optimization measures need no folding (MEASURES.md §1.2).
-    no_folding = ("output", "optimization")
-    weight_based = [name for name in results if gm.get_measure(name).family not in no_folding]
+    # The output and optimization measures need no folding (MEASURES.md §1.2); the PAC-Bayes
+    # and sharpness measures perturb every parameter of the unfolded network instead (issue 14).
+    no_folding = ("output", "optimization", "flatness-pacbayes", "flatness-sharpness")
+    hessian = ("hessian-trace", "hessian-max-eig")  # over every parameter of the unfolded network
+    weight_based = [
+        name
+        for name in results
+        if gm.get_measure(name).family not in no_folding and name not in hessian
+    ]
     for name in weight_based:
         assert results[name].status == "unsupported", name
         assert "LayerNorm" in results[name].message
+    assert results["pacbayes-flatness"].status == "ok"
+    assert results["pacbayes-flatness"].extra["parameters"] == "all trainable parameters (unfolded)"
+    assert all(results[name].status == "ok" for name in hessian)
     assert results["cross-entropy"].status == "ok"
     assert math.isfinite(results["input-grad-norm"].value)
     assert math.isfinite(results["grad-noise-final"].value)

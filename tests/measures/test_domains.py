@@ -53,8 +53,11 @@ RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoc
 #: (measures/matrices.py: attention projections included) and Fisher-Rao (Liang et al.'s norm).
 #: The others still need folded weight layers (UnsupportedLayerError, as before).
 TRANSFORMER_OK = {"cross-entropy", "inverse-margin", "neg-entropy", "input-grad-norm"}
-TRANSFORMER_OK |= {"grad-noise-final", "fisher-rao"}
+TRANSFORMER_OK |= {"grad-noise-final", "hessian-trace", "hessian-max-eig", "fisher-rao"}
 TRANSFORMER_OK |= WEIGHTS - {"normalized-sharpness", "normalized-sharpness-arxiv"}
+#: ... and the searches, which perturb every parameter of a network that cannot be folded.
+SEARCHES = ("flatness-pacbayes", "flatness-sharpness")
+TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SEARCHES}
 
 
 def expected_status(network: str, name: str) -> str:

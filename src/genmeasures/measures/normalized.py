@@ -51,6 +51,7 @@ from genmeasures.measures.curvature import (
     hessian_trace_samples,
     mean_and_standard_error,
 )
+from genmeasures.measures.parameters import differentiated_parameters
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
 from genmeasures.models import WeightLayer, uses_piecewise_linear_activations
@@ -434,8 +435,16 @@ def hessian_weighted_norm(ctx: MeasureContext, *, options: DiagonalOptions) -> M
     return _elementwise_measure(ctx, options, lambda f, w: f * w * w)
 
 
+def _theta_extra(ctx: MeasureContext) -> dict[str, object]:
+    theta = differentiated_parameters(ctx)
+    return {"parameters": theta.description, "omega": theta.omega}
+
+
 def _parameter_shapes(ctx: MeasureContext) -> dict[str, str]:
-    return {name: "×".join(map(str, p.shape)) for name, p in ctx.folded_model.named_parameters()}
+    theta = differentiated_parameters(ctx)
+    return {
+        n: "×".join(map(str, p.shape)) for n, p in zip(theta.names, theta.tensors(), strict=True)
+    }
 
 
 @register_measure(
@@ -462,7 +471,7 @@ def trace_of_hessian(ctx: MeasureContext, *, options: TraceOptions) -> MeasureOu
     return MeasureOutput(
         value=value,
         per_layer=pd.DataFrame(rows),
-        extra={"stderr": error, "probes": len(total)},
+        extra={"stderr": error, "probes": len(total)} | _theta_extra(ctx),
     )
 
 
@@ -492,5 +501,5 @@ def max_eigenvalue_of_hessian(ctx: MeasureContext, *, options: EigenvalueOptions
         value=pair.value,
         converged=pair.converged,
         per_layer=pd.DataFrame(rows),
-        extra={"residual": pair.residual, "iterations": pair.iterations},
+        extra={"residual": pair.residual, "iterations": pair.iterations} | _theta_extra(ctx),
     )

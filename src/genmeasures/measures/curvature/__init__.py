@@ -10,7 +10,9 @@ each mini-batch of :meth:`MeasureContext.batches` contributes its *summed* cross
 N, so the result does not depend on the batch size (up to rounding). The parameters θ are
 
 - for :func:`hvp`, :func:`hessian_trace` and :func:`hessian_max_eigenvalue`: **all** parameters of
-  the folded model (weights and biases), in ``named_parameters()`` order;
+  the folded model (weights and biases), in ``named_parameters()`` order; for a network that
+  cannot be folded, all parameters of the unfolded model, normalization parameters included
+  (:func:`~genmeasures.measures.parameters.differentiated_parameters`);
 - for :func:`hessian_diagonal`: the weight of every layer of :attr:`MeasureContext.layers` (biases
   are held fixed; they are no part of normalized sharpness, spec §1). The diagonal of the Hessian
   of L restricted to the weights equals the weights' entries of the full Hessian diagonal.

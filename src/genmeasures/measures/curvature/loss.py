@@ -1,7 +1,7 @@
 """The training loss as a function of the parameters, and its Hessian-vector products.
 
-``L(θ) = (1/N) Σ_n CE(f_θ(x_n), y_n)`` of the BN-folded model in eval mode over the whole training
-set (see the package docstring): :class:`_Loss` holds it as a function of a chosen subset of the
+``L(θ) = (1/N) Σ_n CE(f_θ(x_n), y_n)`` of the model in eval mode over the whole training set (see
+the package docstring): :class:`_Loss` holds it as a function of a chosen subset of the
 parameters (a :class:`~genmeasures.measures.functional.FunctionalNetwork`), with its gradients and
 Hessian-vector products summed over the mini-batches, and the Rademacher probes of the stochastic
 estimators. :func:`hvp` is the public Hessian-vector product w.r.t. every parameter.
@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch.func import grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genmeasures.errors import MeasureError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.functional import FunctionalNetwork, Params, layer_parameter_names
+from genmeasures.measures.parameters import FOLDED_LAYERS, differentiated_parameters
 
 __all__ = ["CHUNK_BYTES", "MAX_VECTORS_PER_PASS", "Params", "hvp"]
 
@@ -34,12 +36,22 @@ MAX_VECTORS_PER_PASS = 32
 
 
 class _Loss:
-    """The training loss of the folded model as a function of a subset of its parameters."""
+    """The training loss as a function of a subset of the parameters.
+
+    Without ``names``: of θ, :func:`~genmeasures.measures.parameters.differentiated_parameters`
+    (every parameter of the folded model; of the unfolded model if it cannot be folded). With
+    ``names``: of those parameters of the folded model.
+    """
 
     def __init__(self, ctx: MeasureContext, names: Sequence[str] | None = None) -> None:
         ctx.logits  # noqa: B018  (validates the output shape, finiteness and the labels' range)
         self.ctx = ctx
-        self.network = FunctionalNetwork(ctx.folded_model, names)
+        if names is None:
+            theta = differentiated_parameters(ctx)
+            model, names, self.description = theta.model, list(theta.names), theta.description
+        else:
+            model, self.description = ctx.folded_model, FOLDED_LAYERS
+        self.network = FunctionalNetwork(model, names)
         self.model = self.network.model
         self.params: Params = self.network.params
         self.names = self.network.names
@@ -56,8 +68,14 @@ class _Loss:
         return self.network.size
 
     def batch_loss(self, selected: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Σ_batch CE / N with ``selected`` substituted for those parameters."""
-        logits = self.network(selected, x)
+        """Σ_batch CE / N with ``selected`` substituted for those parameters.
+
+        Scaled dot-product attention runs on its math kernel, made of differentiable primitive
+        operations: the fused kernels (flash, memory-efficient) have no forward-mode derivative,
+        which the Hessian-vector products need. Networks without attention are unaffected.
+        """
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = self.network(selected, x)
         return F.cross_entropy(logits, y, reduction="sum") / self.num_train
 
     def batch_grad(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[Params], Params]:
@@ -136,12 +154,14 @@ def _like(tensor: torch.Tensor) -> dict[str, object]:
 
 
 def hvp(ctx: MeasureContext, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Hessian-vector product of the training loss w.r.t. all parameters of the folded model.
+    """Hessian-vector product of the training loss w.r.t. all parameters of the model.
 
     ``L(θ) = (1/N) Σ_n CE(f_θ(x_n), y_n)`` over the whole training set, eval mode, θ every
     parameter of :attr:`MeasureContext.folded_model` in ``named_parameters()`` order (weights and
-    biases). Computed forward-over-reverse (``torch.func.jvp`` of ``grad``), accumulated over the
-    mini-batches. Cost: about 2 gradient-equivalents.
+    biases); of :attr:`MeasureContext.model` for a network that cannot be folded
+    (:func:`~genmeasures.measures.parameters.differentiated_parameters`). Computed
+    forward-over-reverse (``torch.func.jvp`` of ``grad``), accumulated over the mini-batches.
+    Cost: about 2 gradient-equivalents.
 
     Args:
         ctx: The measure context (needs the training set).
@@ -161,7 +181,7 @@ def hvp(ctx: MeasureContext, vectors: Sequence[torch.Tensor]) -> list[torch.Tens
     ]
     if received != shapes:
         raise MeasureError(
-            f"hvp: vectors must be one tensor per parameter of the folded model "
+            f"hvp: vectors must be one tensor per parameter of θ ({loss.description}) "
             f"({', '.join(loss.names)}) with shapes {shapes}, got {received}"
         )
     stacked = {

@@ -1,7 +1,9 @@
 """The spectrum of the Hessian: its trace by Hutchinson's estimator, its top eigenpair by Lanczos.
 
 Both w.r.t. **all** parameters of the folded model (weights and biases) in ``named_parameters()``
-order, by Hessian-vector products of :class:`~genmeasures.measures.curvature.loss._Loss`: the
+order, or of the unfolded model if it cannot be folded
+(:func:`~genmeasures.measures.parameters.differentiated_parameters`), by Hessian-vector products
+of :class:`~genmeasures.measures.curvature.loss._Loss`: the
 trace of paper eq 6 (Tsuzuku et al. 2020), and ``λ_max`` by Lanczos with full
 reorthogonalization.
 """

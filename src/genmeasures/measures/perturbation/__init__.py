@@ -1,8 +1,10 @@
 """Perturbation searches and the flatness measures of Jiang et al. (2020), eqs 48-62.
 
 ``MEASURES.md`` §2.4 and §3.7 (the paper's §4.3.2 and appendix E, Algorithms 1-3). Four searches
-bisect a scale ``s ∈ [s_min, s_max]`` for the largest perturbation of θ, every weight and bias of
-the BN-folded network in eval mode, that lowers the training accuracy by the target ``d* = 0.1``:
+bisect a scale ``s ∈ [s_min, s_max]`` for the largest perturbation of θ that lowers the training
+accuracy by the target ``d* = 0.1``. θ is every weight and bias of the BN-folded network in eval
+mode, or every parameter of the unfolded network when it cannot be folded
+(:func:`~genmeasures.measures.parameters.perturbed_parameters`):
 
 =======================  ================================================  =====================
 search                   perturbation at scale s                           estimate ``A(s)``

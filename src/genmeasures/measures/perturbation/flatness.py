@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from genmeasures.errors import ModelError
 from genmeasures.measures.context import DELTA, MeasureContext
+from genmeasures.measures.parameters import Theta, initial_parameters, perturbed_parameters
 from genmeasures.measures.perturbation.bisection import (
     perturbation_search,
 )
@@ -24,30 +24,11 @@ from genmeasures.measures.perturbation.searches import (
 )
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
-from genmeasures.models import WeightLayer
 
 
-def _parameters(layers: list[WeightLayer]) -> torch.Tensor:
-    """θ of ``MEASURES.md`` §1.1, float64: each layer's weight then its bias, in forward order."""
-    tensors = []
-    for layer in layers:
-        tensors.append(layer.weight.detach().double().reshape(-1))
-        if layer.bias is not None:
-            tensors.append(layer.bias.detach().double().reshape(-1))
-    return torch.cat(tensors)
-
-
-def _reference(ctx: MeasureContext, quantity: str) -> torch.Tensor | None:
+def _reference(ctx: MeasureContext, theta: Theta, quantity: str) -> torch.Tensor | None:
     """The reference point of a bound: θ^0 for ``"init"``, the origin for ``"orig"``."""
-    if quantity != "init":
-        return None
-    for layer, initial in zip(ctx.layers, ctx.init_layers, strict=True):
-        if (layer.bias is None) != (initial.bias is None):
-            raise ModelError(
-                f"weight layer {layer.name!r} has a bias in only one of the trained model and "
-                "init_model (after BatchNorm folding)"
-            )
-    return _parameters(ctx.init_layers)
+    return initial_parameters(ctx, theta) if quantity == "init" else None
 
 
 def _flatness(
@@ -58,13 +39,17 @@ def _flatness(
     ``quantity`` is ``"init"`` or ``"orig"`` for a bound (eqs 48-52, 56-60; μ of eq 15, with
     ``sqrt(μ/m)`` in ``extra["bound"]``) and ``"flatness"`` for ``1/scale²`` (eqs 53, 54, 61, 62).
     """
-    reference = _reference(ctx, quantity)  # a missing init_model is reported before searching
+    parameters = perturbed_parameters(ctx)
+    # a missing init_model is reported before searching
+    reference = _reference(ctx, parameters, quantity)
     result = perturbation_search(ctx, search, **options)
     scale = result.value
     extra = result.diagnostics()
+    extra["parameters"] = parameters.description
     if quantity == "flatness":
+        extra["omega"] = parameters.omega
         return MeasureOutput(value=1.0 / scale**2, converged=result.converged, extra=extra)
-    theta = _parameters(ctx.layers)
+    theta = parameters.flat()
     difference = theta if reference is None else theta - reference
     squared = float(difference.square().sum())
     omega, m = theta.numel(), ctx.num_train

@@ -1,4 +1,4 @@
-"""The folded network as a function of θ, flat: accuracies of many copies, gradients."""
+"""The network as a function of θ, flat: accuracies of many copies, gradients."""
 
 from __future__ import annotations
 
@@ -12,15 +12,19 @@ from torch.func import vmap
 
 from genmeasures.errors import GenMeasuresWarning
 from genmeasures.measures.context import MeasureContext
-from genmeasures.measures.functional import FunctionalNetwork, layer_parameter_names
+from genmeasures.measures.functional import FunctionalNetwork
+from genmeasures.measures.parameters import perturbed_parameters
 
 
 class _FlatNetwork:
-    """The folded network as a function of θ: every weight and bias, in forward order, flat.
+    """The network as a function of θ, flat.
 
-    A :class:`~genmeasures.measures.functional.FunctionalNetwork` of the layers' parameters.
-    The order is that of ``MEASURES.md`` §2.4: weight layers in forward order, each weight
-    before its bias. Random tensors are generated in this order, one per parameter.
+    A :class:`~genmeasures.measures.functional.FunctionalNetwork` of the parameters of
+    :func:`~genmeasures.measures.parameters.perturbed_parameters`. On a
+    foldable network the order is that of ``MEASURES.md`` §2.4: the folded weight layers in
+    forward order, each weight before its bias; otherwise every parameter of the unfolded
+    network in ``named_parameters()`` order. Random tensors are generated in this order, one per
+    parameter.
 
     Accuracies of many copies of θ are computed with ``torch.func.vmap``. Gradients use a working
     copy of the model whose parameters are views of one flat buffer: a plain backward pass is
@@ -29,10 +33,9 @@ class _FlatNetwork:
     """
 
     def __init__(self, ctx: MeasureContext) -> None:
-        self.model = ctx.folded_model
-        self.network = FunctionalNetwork(
-            self.model, layer_parameter_names(self.model, ctx.layers, biases=True)
-        )
+        parameters = perturbed_parameters(ctx)
+        self.model = parameters.model
+        self.network = FunctionalNetwork(self.model, list(parameters.names))
         self.names, self.shapes, self.sizes = (
             self.network.names,
             self.network.shapes,
