@@ -13,13 +13,21 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import genmeasures as gm
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.curvature import hessian_diagonal
 from genmeasures.measures.matrices import FOLDED, UNFOLDED
 from genmeasures.measures.norms import FISHER_RAO_CHAIN, FISHER_RAO_GENERAL
 from networks import NETWORKS
-from reference import fisher_rao_by_loop, fisher_rao_norm_by_loop, transformer_block_matrices
+from reference import (
+    fisher_rao_by_loop,
+    fisher_rao_norm_by_loop,
+    loss_hessian,
+    parameter_slices,
+    transformer_block_matrices,
+)
 
 WEIGHT_MEASURES = [
     "param-norm",
@@ -175,3 +183,56 @@ def test_additive_parameters_do_not_count_and_multiplied_ones_are_out_by_in():
     expected += float((model.head.weight.detach() ** 2).sum())
     assert results["param-norm"].value == pytest.approx(expected, rel=1e-12)
     assert math.isfinite(results["fro-over-spec"].value)
+
+
+def test_the_exact_hessian_diagonal_of_a_transformers_matrices_against_the_full_hessian():
+    model = NETWORKS["transformer_block"](0).eval()
+    inputs, labels = _data(model, 6)
+    ctx = MeasureContext(
+        model,
+        inputs,
+        labels,
+        init_model=None,
+        records=None,
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=4,
+        input_shape=tuple(model.input_shape),
+    )
+    estimates = hessian_diagonal(ctx, "exact")
+    with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no second derivative
+        diagonal = loss_hessian(model, inputs, labels).diagonal()
+    slices = parameter_slices(model)
+    embed = model.attn.embed_dim
+
+    def entries(name: str) -> torch.Tensor:
+        return diagonal[slices[name]].reshape(dict(model.named_parameters())[name].shape)
+
+    packed = entries("attn.in_proj_weight")
+    expected = [packed[:embed], packed[embed : 2 * embed], packed[2 * embed :]]
+    expected += [entries(f"{n}.weight") for n in ("attn.out_proj", "mlp.0", "mlp.2", "head")]
+    assert len(estimates) == len(expected)
+    for estimate, reference in zip(estimates, expected, strict=True):
+        torch.testing.assert_close(estimate, reference.double(), rtol=1e-9, atol=1e-12)
+
+
+def test_normalized_sharpness_on_a_transformer_reads_the_same_matrices(transformer_results):
+    model, _, data, _ = transformer_results
+    names = [
+        "normalized-sharpness",
+        "normalized-sharpness-arxiv",
+        "normalized-sharpness-param",
+        "hessian-weighted-norm",
+    ]
+    results = gm.compute(model, data, measures=names, options={n: {"probes": 4} for n in names})
+    layers = [name for name, _ in transformer_block_matrices(model)]
+    for name in names:
+        result = results[name]
+        assert result.status == "ok", (name, result.message)
+        assert math.isfinite(result.value)
+        assert list(result.per_layer["layer"]) == layers
+        assert result.extra["estimator"] == "scale-invariant"  # not piecewise linear
+        assert result.extra["weights"] == UNFOLDED
+    table = results["normalized-sharpness"].per_layer
+    assert not table["rescaling_symmetry"].any()
+    assert results["normalized-sharpness"].extra["rescaling_invariant"] is False
