@@ -207,9 +207,9 @@ def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
 
     Each ``⟨w, ∇_w ℓ_j⟩`` is the directional derivative of example j's loss along w, so one
     forward-mode JVP of the per-example losses gives a whole batch. On a chain of layers this is
-    eq 45 as printed. On any other network, the factor (d+1), which is what ⟨w, ∇_w f⟩ / f
-    reduces to for a bias-free chain of d positively homogeneous layers (Liang et al. 2019,
-    Lemma 2.1), has no meaning, and the value is Liang et al.'s Fisher-Rao norm itself,
+    eq 45 as printed. Its depth factor comes from Liang et al. (2019)'s structural lemma,
+    ``⟨θ, ∇_θ f⟩ = (L+1) f`` for a bias-free chain of L+1 positively homogeneous layers, and has
+    no meaning on any other network. There the value is Liang et al.'s Fisher-Rao norm itself,
     ``‖w‖²_fr = E⟨w, ∇_w ℓ⟩²``, over the training set: ``(1/m) Σ_j ⟨w, ∇_w ℓ_j⟩²``, w the
     weight matrices of :attr:`MeasureContext.weight_matrices` (every other parameter held
     fixed). ``extra["definition"]`` says which.
