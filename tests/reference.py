@@ -109,6 +109,36 @@ def fisher_rao_by_loop(model: nn.Module, weights: list[torch.Tensor], inputs, la
     return (len(weights) + 1) ** 2 * total / len(labels)
 
 
+def fisher_rao_norm_by_loop(model: nn.Module, weights: list[torch.Tensor], inputs, labels) -> float:
+    """Liang et al. (2019)'s Fisher-Rao norm (1/m) Σ_j ⟨w, ∇_w ℓ_j⟩², one backward per example."""
+    total = 0.0
+    for x, y in zip(inputs, labels, strict=True):
+        loss = F.cross_entropy(model(x[None]), y[None])
+        grads = torch.autograd.grad(loss, weights)
+        inner = sum(float((w.detach() * g).sum()) for w, g in zip(weights, grads, strict=True))
+        total += inner**2
+    return total / len(labels)
+
+
+def transformer_block_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The weight matrices of ``networks.TransformerBlock``, written out by hand (out × in).
+
+    The packed attention input projection is three maps (query, key, value); its bias, the
+    LayerNorms' affine parameters and every other bias are additive and are not listed.
+    """
+    embed = model.attn.embed_dim
+    packed = model.attn.in_proj_weight.detach().double()
+    return [
+        ("attn.in_proj_weight[q]", packed[:embed]),
+        ("attn.in_proj_weight[k]", packed[embed : 2 * embed]),
+        ("attn.in_proj_weight[v]", packed[2 * embed :]),
+        ("attn.out_proj", model.attn.out_proj.weight.detach().double()),
+        ("mlp.0", model.mlp[0].weight.detach().double()),
+        ("mlp.2", model.mlp[2].weight.detach().double()),
+        ("head", model.head.weight.detach().double()),
+    ]
+
+
 def input_grad_norm_by_loop(model: nn.Module, inputs, labels) -> float:
     """Mean over examples of ‖∇_x ℓ(f(x), y)‖₂, one backward pass per example."""
     norms = []

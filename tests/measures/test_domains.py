@@ -49,10 +49,13 @@ WEIGHTS = {
 RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoch-1"}
 
 #: On the transformer block (LayerNorm, attention), the measures that work today: those reading
-#: only the outputs (or a gradient of the unfolded network). The others need weight layers, which
-#: LayerNorm and nn.MultiheadAttention do not give yet (UnsupportedLayerError, as before).
+#: only the outputs (or a gradient of the unfolded network), those reading only weight matrices
+#: (measures/matrices.py: attention projections included; normalized sharpness and the other
+#: Hessian-diagonal measures on them) and Fisher-Rao (Liang et al.'s norm). The chain and
+#: homogeneous measures stay unsupported.
 TRANSFORMER_OK = {"cross-entropy", "inverse-margin", "neg-entropy", "input-grad-norm"}
-TRANSFORMER_OK |= {"grad-noise-final", "hessian-trace", "hessian-max-eig"}
+TRANSFORMER_OK |= {"grad-noise-final", "hessian-trace", "hessian-max-eig", "fisher-rao"}
+TRANSFORMER_OK |= WEIGHTS | {"normalized-sharpness-param", "hessian-weighted-norm"}
 #: ... and the searches, which perturb every parameter of a network that cannot be folded.
 SEARCHES = ("flatness-pacbayes", "flatness-sharpness")
 TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SEARCHES}
@@ -122,8 +125,6 @@ def test_chain_measures_name_the_residual_module():
 
 def test_normalized_sharpness_flags_where_rescaling_is_a_symmetry(network_results):
     network, results = network_results
-    if network == "transformer_block":
-        pytest.skip("no weight layers yet")
     result = results["normalized-sharpness"]
     flags = dict(
         zip(result.per_layer["layer"], result.per_layer["rescaling_symmetry"], strict=True)
@@ -131,6 +132,15 @@ def test_normalized_sharpness_flags_where_rescaling_is_a_symmetry(network_result
     expected = {
         "residual_mlp": {"inp": False, "fc1": True, "fc2": False, "out": False},
         "tanh_mlp": {"0": False, "2": False, "4": False},
+        "transformer_block": {
+            "attn.in_proj_weight[q]": False,
+            "attn.in_proj_weight[k]": False,
+            "attn.in_proj_weight[v]": False,
+            "attn.out_proj": False,
+            "mlp.0": False,
+            "mlp.2": False,
+            "head": False,
+        },
         "concat_net": {"left": True, "right": True, "out": False},
         "residual_cnn": {
             "stem": False,

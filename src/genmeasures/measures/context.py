@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
+from genmeasures.measures import matrices
 from genmeasures.measures.inputs import LogitsOf, OutputFn, logits_selector
+from genmeasures.measures.matrices import WeightMatrix
 from genmeasures.measures.result import UndefinedMeasure
 from genmeasures.models import Architecture, WeightLayer, describe, fold_batchnorm, weight_layers
 from genmeasures.seeding import derive_seed
@@ -278,21 +280,39 @@ class MeasureContext:
         """d, the number of weight layers of the folded network."""
         return len(self.layers)
 
+    @property
+    def weight_matrices(self) -> list[WeightLayer] | list[WeightMatrix]:
+        """The network's weight matrices: :attr:`layers` if it folds, else those of any network.
+
+        The one view of the weight-matrix measures (:mod:`genmeasures.measures.matrices`, which
+        says which tensors count and why).
+        """
+        return matrices.weight_matrices(self)
+
+    @property
+    def init_weight_matrices(self) -> list[WeightLayer] | list[WeightMatrix]:
+        """The initial network's counterparts of :attr:`weight_matrices`, in the same order."""
+        return matrices.initial_matrices(self)
+
     def frobenius_norms(self) -> np.ndarray:
-        """‖W_i‖_F of every folded weight layer, float64 (``MEASURES.md`` §1.4)."""
+        """‖W_i‖_F of every weight matrix (:attr:`weight_matrices`), float64 (§1.4)."""
         return self.cached(
             "fro",
-            lambda: np.array([float(layer.matrix.double().norm()) for layer in self.layers]),
+            lambda: np.array(
+                [float(layer.matrix.double().norm()) for layer in self.weight_matrices]
+            ),
         )
 
     def distance_frobenius_norms(self) -> np.ndarray:
-        """‖W_i − W_i^0‖_F of every folded weight layer, float64."""
+        """‖W_i − W_i^0‖_F of every weight matrix (:attr:`weight_matrices`), float64."""
         return self.cached(
             "fro-dist",
             lambda: np.array(
                 [
                     float((layer.matrix.double() - init.matrix.double()).norm())
-                    for layer, init in zip(self.layers, self.init_layers, strict=True)
+                    for layer, init in zip(
+                        self.weight_matrices, self.init_weight_matrices, strict=True
+                    )
                 ]
             ),
         )

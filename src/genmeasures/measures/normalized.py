@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from genmeasures.errors import MeasureError, NumericalError
+from genmeasures.measures import matrices
 from genmeasures.measures.balancing import (
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
@@ -51,6 +52,7 @@ from genmeasures.measures.curvature import (
     hessian_trace_samples,
     mean_and_standard_error,
 )
+from genmeasures.measures.matrices import WeightMatrix
 from genmeasures.measures.parameters import differentiated_parameters
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput
@@ -141,8 +143,15 @@ class EigenvalueOptions(Settings):
 
 
 def default_estimator(ctx: MeasureContext) -> str:
-    """``"ggn"`` for piecewise-linear networks (exact there), else ``"scale-invariant"`` (§4)."""
-    piecewise = uses_piecewise_linear_activations(ctx.folded_model)
+    """``"ggn"`` for piecewise-linear networks (exact there), else ``"scale-invariant"`` (§4).
+
+    A network that cannot be folded is piecewise linear in each weight only if it is also made of
+    positively homogeneous units (no normalization, attention or gate: :func:`describe`).
+    """
+    if matrices.folded(ctx):
+        piecewise = uses_piecewise_linear_activations(ctx.folded_model)
+    else:
+        piecewise = ctx.architecture.is_homogeneous and uses_piecewise_linear_activations(ctx.model)
     return "ggn" if piecewise else "scale-invariant"
 
 
@@ -165,7 +174,7 @@ class _Diagonal:
     """The clipped diagonal estimate ``F̂_l`` and ``W_l`` of every layer, float64 numpy."""
 
     estimator: str
-    layers: list[WeightLayer]
+    layers: list[WeightLayer] | list[WeightMatrix]
     curvature: list[np.ndarray]
     weights: list[np.ndarray]
 
@@ -174,7 +183,7 @@ def _clipped_diagonal(ctx: MeasureContext, options: DiagonalOptions) -> _Diagona
     name = resolve_estimator(ctx, options.estimator)
     estimates = hessian_diagonal(ctx, name, probes=options.probes, r=options.r, eps=options.eps)
     curvature, weights = [], []
-    for layer, estimate in zip(ctx.layers, estimates, strict=True):
+    for layer, estimate in zip(ctx.weight_matrices, estimates, strict=True):
         diagonal = estimate.cpu().numpy()
         # Non-finite weights are rejected with the layer's name when the context folds the model.
         if not np.isfinite(diagonal).all():
@@ -184,7 +193,7 @@ def _clipped_diagonal(ctx: MeasureContext, options: DiagonalOptions) -> _Diagona
             )
         curvature.append(np.maximum(diagonal, 0.0))
         weights.append(layer.matrix.detach().double().cpu().numpy())
-    return _Diagonal(name, list(ctx.layers), curvature, weights)
+    return _Diagonal(name, list(ctx.weight_matrices), curvature, weights)
 
 
 # ---------------------------------------------------------------------------------- NS per layer
@@ -328,6 +337,8 @@ def _sharpness_output(
     """
     architecture = ctx.architecture
     symmetry = {layer.name: layer.rescaling_symmetry for layer in architecture.weight_layers}
+    for matrix in ctx.weight_matrices:  # a packed attention projection's q, k, v: its layer's
+        symmetry.setdefault(matrix.name, symmetry.get(getattr(matrix, "layer", ""), False))
     total = sum(result.value for result in layers)
     return MeasureOutput(
         value=combine(total),
@@ -340,6 +351,7 @@ def _sharpness_output(
             "attained": all(result.solution.attained for result in layers),
             "seconds_total": seconds,
             "rescaling_invariant": architecture.rescaling_invariant,
+            "weights": matrices.matrices_description(ctx),
         },
     )
 
@@ -401,7 +413,12 @@ def _elementwise_measure(
     ]
     table = pd.DataFrame(rows)
     return MeasureOutput(
-        value=float(table["value"].sum()), per_layer=table, extra={"estimator": diagonal.estimator}
+        value=float(table["value"].sum()),
+        per_layer=table,
+        extra={
+            "estimator": diagonal.estimator,
+            "weights": matrices.matrices_description(ctx),
+        },
     )
 
 

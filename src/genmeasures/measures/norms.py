@@ -1,7 +1,9 @@
 """Frobenius, distance, path-norm and Fisher-Rao measures (Jiang et al. 2020, eqs 36-45).
 
 ``MEASURES.md`` §3.4-3.6. All are computed on the BN-folded network, biases excluded except in
-the path norm, where a bias is a path from a constant input.
+the path norm, where a bias is a path from a constant input. On a network that cannot be folded,
+the measures of the domain ``weights`` and Fisher-Rao read the weight matrices of
+:mod:`genmeasures.measures.matrices` (which says which tensors count and why).
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from genmeasures.errors import GenMeasuresWarning
+from genmeasures.errors import GenMeasuresWarning, ModelError
+from genmeasures.measures import matrices
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure, from_log
 from genmeasures.models import uses_piecewise_linear_activations
+
+
+def _weights(ctx: MeasureContext) -> dict[str, str]:
+    """``extra["weights"]``: which weight matrices the value is computed on."""
+    return {"weights": matrices.matrices_description(ctx)}
 
 
 def _log_fro_product(ctx: MeasureContext) -> float:
@@ -46,7 +56,7 @@ def prod_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
 @register_measure("prod-of-fro", eq=37, family="norm", aliases=("frob product",), domain="weights")
 def prod_of_fro(ctx: MeasureContext) -> MeasureOutput:
     """Π_i ‖W_i‖_F² (eq 37)."""
-    return from_log(_log_fro_product(ctx))
+    return from_log(_log_fro_product(ctx), extra=_weights(ctx))
 
 
 @register_measure(
@@ -70,8 +80,8 @@ def sum_of_fro_over_margin(ctx: MeasureContext) -> MeasureOutput:
 )
 def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
     """Depth times the geometric mean: d (Π_i ‖W_i‖_F²)^{1/d} (eq 39)."""
-    d = ctx.num_layers
-    return from_log(math.log(d) + _log_fro_product(ctx) / d)
+    d = len(ctx.weight_matrices)
+    return from_log(math.log(d) + _log_fro_product(ctx) / d, extra=_weights(ctx))
 
 
 @register_measure(
@@ -84,7 +94,9 @@ def sum_of_fro(ctx: MeasureContext) -> MeasureOutput:
 )
 def frob_distance(ctx: MeasureContext) -> MeasureOutput:
     """Σ_i ‖W_i − W_i⁰‖_F² over the folded weights, biases excluded (eq 40)."""
-    return MeasureOutput(value=float(np.sum(ctx.distance_frobenius_norms() ** 2)))
+    return MeasureOutput(
+        value=float(np.sum(ctx.distance_frobenius_norms() ** 2)), extra=_weights(ctx)
+    )
 
 
 @register_measure(
@@ -96,7 +108,7 @@ def frob_distance(ctx: MeasureContext) -> MeasureOutput:
 )
 def param_norm(ctx: MeasureContext) -> MeasureOutput:
     """Σ_i ‖W_i‖_F² over the folded weights, biases excluded (eq 42)."""
-    return MeasureOutput(value=float(np.sum(ctx.frobenius_norms() ** 2)))
+    return MeasureOutput(value=float(np.sum(ctx.frobenius_norms() ** 2)), extra=_weights(ctx))
 
 
 def path_norm_sum(ctx: MeasureContext) -> float:
@@ -166,6 +178,22 @@ def path_norm(ctx: MeasureContext) -> MeasureOutput:
     return MeasureOutput(value=math.sqrt(_checked_path_sum(ctx)))
 
 
+#: ``extra["definition"]`` of fisher-rao on a chain of folded weight layers: eq 45 as printed.
+FISHER_RAO_CHAIN = "(d+1)^2/m sum_j <w, grad_w l_j>^2 (Jiang et al. 2020, eq 45)"
+#: ``extra["definition"]`` elsewhere: Liang et al. (2019)'s Fisher-Rao norm, empirical.
+FISHER_RAO_GENERAL = "1/m sum_j <w, grad_w l_j>^2 (Liang et al. 2019, Fisher-Rao norm)"
+
+
+def _is_chain(ctx: MeasureContext) -> bool:
+    """Whether eq 45's (d+1)² applies: a foldable network that is a chain of layers."""
+    if not matrices.folded(ctx):
+        return False
+    try:
+        return ctx.architecture.is_chain
+    except ModelError:  # not analysable: keep the catalog's formula, as before the analysis
+        return True
+
+
 @register_measure(
     "fisher-rao",
     eq=45,
@@ -178,15 +206,43 @@ def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
     """(d+1)²/m Σ_j ⟨w, ∇_w ℓ_j⟩² over the folded weights w, biases held fixed (eq 45).
 
     Each ``⟨w, ∇_w ℓ_j⟩`` is the directional derivative of example j's loss along w, so one
-    forward-mode JVP of the per-example losses gives a whole batch.
+    forward-mode JVP of the per-example losses gives a whole batch. On a chain of layers this is
+    eq 45 as printed. Its depth factor comes from Liang et al. (2019)'s structural lemma,
+    ``⟨θ, ∇_θ f⟩ = (L+1) f`` for a bias-free chain of L+1 positively homogeneous layers, and has
+    no meaning on any other network. There the value is Liang et al.'s Fisher-Rao norm itself,
+    ``‖w‖²_fr = E⟨w, ∇_w ℓ⟩²``, over the training set: ``(1/m) Σ_j ⟨w, ∇_w ℓ_j⟩²``, w the
+    weight matrices of :attr:`MeasureContext.weight_matrices` (every other parameter held
+    fixed). ``extra["definition"]`` says which.
     """
-    model = ctx.folded_model
-    weight_names = {f"{layer.name}.weight" if layer.name else "weight" for layer in ctx.layers}
+    if matrices.folded(ctx):
+        model = ctx.folded_model
+        names = {f"{layer.name}.weight" if layer.name else "weight" for layer in ctx.layers}
+    else:
+        model, names = ctx.model, set(matrices.parameter_names(ctx))
+    total = _squared_directional_derivatives(ctx, model, names, unfused=not matrices.folded(ctx))
+    extra = {"weights": matrices.matrices_description(ctx)}
+    if _is_chain(ctx):
+        d = ctx.num_layers
+        extra["definition"] = FISHER_RAO_CHAIN
+        return MeasureOutput(value=(d + 1) ** 2 * total / ctx.num_train, extra=extra)
+    extra["definition"] = FISHER_RAO_GENERAL
+    return MeasureOutput(value=total / ctx.num_train, extra=extra)
+
+
+def _squared_directional_derivatives(
+    ctx: MeasureContext, model: nn.Module, names: set[str], *, unfused: bool = False
+) -> float:
+    """Σ_j ⟨w, ∇_w ℓ_j⟩² over the training set, w the parameters ``names`` of ``model``, float64.
+
+    Scaled dot-product attention runs on its math kernel: the fused kernels have no forward-mode
+    derivative. With ``unfused``, ``nn.MultiheadAttention``'s fused eval-mode path (no
+    forward-mode derivative either) is switched off during the call (and restored after); it
+    computes the same function.
+    """
     params = {name: p.detach() for name, p in model.named_parameters()}
-    tangents = {
-        name: p if name in weight_names else torch.zeros_like(p) for name, p in params.items()
-    }
+    tangents = {name: p if name in names else torch.zeros_like(p) for name, p in params.items()}
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     for inputs, labels in ctx.batches():
 
         def losses(
@@ -194,7 +250,11 @@ def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
         ) -> torch.Tensor:
             return F.cross_entropy(functional_call(model, parameters, (x,)), y, reduction="none")
 
-        _, directional = jvp(losses, (params,), (tangents,))
+        try:
+            torch.backends.mha.set_fastpath_enabled(fastpath and not unfused)
+            with sdpa_kernel(SDPBackend.MATH):
+                _, directional = jvp(losses, (params,), (tangents,))
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         total += directional.double().pow(2).sum()
-    d = ctx.num_layers
-    return MeasureOutput(value=(d + 1) ** 2 * float(total) / ctx.num_train)
+    return float(total)

@@ -10,6 +10,11 @@ Two spectral norms of a weight layer (``MEASURES.md`` §1.4):
 * ``reshaped``: the largest singular value of the kernel viewed as ``c_out × (c_in·k_h·k_w)``.
 
 Every measure here exists under both: ``<name>`` and ``<name>-reshaped``.
+
+fro-over-spec and spec-dist need weight matrices only: on a network that cannot be folded they
+read the weight matrices of :mod:`genmeasures.measures.matrices` (an attention projection, an
+embedding table or a module's own matrix is a matrix: its operator norm is its largest singular
+value). The chain measures read the same list, which is the folded weight layers there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 from genmeasures.errors import MissingInputError, NumericalError
 from genmeasures.measures.capacity import input_side
 from genmeasures.measures.context import DELTA, MeasureContext
+from genmeasures.measures.matrices import matrices_description
 from genmeasures.measures.registry import MeasureFn, register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure, from_log
 from genmeasures.models import ConvGeometry, WeightLayer
@@ -183,8 +189,9 @@ def spectral_norms(ctx: MeasureContext, variant: str, reference: str) -> tuple[n
 
     def compute() -> tuple[np.ndarray, bool]:
         norms, all_converged = [], True
-        init_layers = ctx.init_layers if reference == "init" else [None] * ctx.num_layers
-        for layer, init in zip(ctx.layers, init_layers, strict=True):
+        layers = ctx.weight_matrices  # the folded weight layers whenever the network folds
+        init_layers = ctx.init_weight_matrices if reference == "init" else [None] * len(layers)
+        for layer, init in zip(layers, init_layers, strict=True):
             kernel = layer.weight if init is None else layer.weight.double() - init.weight.double()
             if variant == "reshaped":
                 norm, converged = reshaped_norm(kernel), True
@@ -203,8 +210,8 @@ def spectral_norms(ctx: MeasureContext, variant: str, reference: str) -> tuple[n
 def _per_layer(ctx: MeasureContext, spectral: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "layer": [layer.name for layer in ctx.layers],
-            "shape": [tuple(layer.weight.shape) for layer in ctx.layers],
+            "layer": [layer.name for layer in ctx.weight_matrices],
+            "shape": [tuple(layer.weight.shape) for layer in ctx.weight_matrices],
             "spectral": spectral,
             "frobenius": ctx.frobenius_norms(),
         }
@@ -228,7 +235,7 @@ class _Spectral:
     def ratio_sum(self, numerators: np.ndarray) -> float:
         """Σ_j numerator_j² / s_j²; undefined if some s_j = 0."""
         if np.any(self.s == 0):
-            zero = [self.ctx.layers[i].name for i in np.flatnonzero(self.s == 0)]
+            zero = [self.ctx.weight_matrices[i].name for i in np.flatnonzero(self.s == 0)]
             raise UndefinedMeasure(
                 f"spectral norm is 0 for layer(s) {zero}; the measure divides by it"
             )
@@ -370,7 +377,7 @@ def fro_over_spec(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
         value=spectral.ratio_sum(ctx.frobenius_norms()),
         converged=spectral.converged,
         per_layer=_per_layer(ctx, spectral.s),
-        extra=spectral.extra,
+        extra={**spectral.extra, "weights": matrices_description(ctx)},
     )
 
 
@@ -404,8 +411,8 @@ def spec_dist(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
     distances, converged = spectral_norms(ctx, variant, "init")
     table = pd.DataFrame(
         {
-            "layer": [layer.name for layer in ctx.layers],
-            "shape": [tuple(layer.weight.shape) for layer in ctx.layers],
+            "layer": [layer.name for layer in ctx.weight_matrices],
+            "shape": [tuple(layer.weight.shape) for layer in ctx.weight_matrices],
             "spectral_distance": distances,
         }
     )
@@ -413,5 +420,5 @@ def spec_dist(ctx: MeasureContext, *, variant: str) -> MeasureOutput:
         value=float(np.sum(distances**2)),
         converged=converged,
         per_layer=table,
-        extra={"operator_norm": OPERATOR_NORM_METHOD},
+        extra={"operator_norm": OPERATOR_NORM_METHOD, "weights": matrices_description(ctx)},
     )

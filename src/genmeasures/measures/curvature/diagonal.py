@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from genmeasures.errors import MeasureError
+from genmeasures.measures import matrices
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.curvature.ggn import _ggn_diagonal
 from genmeasures.measures.curvature.loss import (
@@ -24,6 +25,7 @@ from genmeasures.measures.curvature.loss import (
     _Loss,
     _weight_names,
 )
+from genmeasures.measures.functional import FunctionalNetwork
 from genmeasures.validation import Integer, Real, check
 
 __all__ = [
@@ -149,7 +151,11 @@ def hessian_diagonal(
 
     For every layer of :attr:`MeasureContext.layers`, the diagonal entries of ``∇²L`` for that
     layer's weights, as a float64 tensor shaped like :attr:`WeightLayer.matrix` (``out × in``;
-    conv: ``c_out × (c_in/groups · k_h · k_w)``). Biases are held fixed. Estimators (P_w the
+    conv: ``c_out × (c_in/groups · k_h · k_w)``). Biases are held fixed. On a network that cannot
+    be folded, the same for every weight matrix of :attr:`MeasureContext.weight_matrices`
+    (:mod:`~genmeasures.measures.matrices`: attention projections, embedding tables as
+    ``dim × vocabulary``) of the unfolded eval-mode network, every other parameter (biases,
+    normalization, position embeddings) held fixed. Estimators (P_w the
     number of weights, C of classes, K of probes; costs in gradient-equivalents):
 
     - ``"exact"``: one HVP per weight with unit vectors; ≈ 2 P_w. Tiny networks only.
@@ -207,12 +213,34 @@ def _diagonal(
     ctx: MeasureContext, estimator: str, probes: int, r: float, eps: float
 ) -> list[torch.Tensor]:
     """The estimate of :func:`hessian_diagonal`, uncached: one ``out × in`` tensor per layer."""
-    names = _weight_names(ctx)
-    loss = _Loss(ctx, list(dict.fromkeys(names)))  # a shared weight is differentiated once
     entry = DIAGONAL_ESTIMATORS[estimator]
     generator = ctx.generator(f"{DIAGONAL_PURPOSE}/{estimator}") if entry.random else None
     options = {"probes": probes, "r": r, "eps": eps}
+    if not matrices.folded(ctx):
+        loss = _matrix_loss(ctx)
+        diagonal = entry.compute(loss, generator, **{name: options[name] for name in entry.options})
+        return [
+            matrix.of(diagonal[matrix.parameter]).reshape(matrix.matrix.shape)
+            for matrix in ctx.weight_matrices
+        ]
+    names = _weight_names(ctx)
+    loss = _Loss(ctx, list(dict.fromkeys(names)))  # a shared weight is differentiated once
     diagonal = entry.compute(loss, generator, **{name: options[name] for name in entry.options})
     return [
         diagonal[n].reshape(layer.matrix.shape) for n, layer in zip(names, ctx.layers, strict=True)
     ]
+
+
+def _matrix_loss(ctx: MeasureContext) -> _Loss:
+    """The training loss of the unfolded network as a function of its weight matrices' parameters.
+
+    :class:`_Loss` without names is the loss of every parameter of the unfolded network (θ of
+    :mod:`~genmeasures.measures.parameters`); it is restricted here to the parameters holding the
+    weight matrices (:mod:`~genmeasures.measures.matrices`), every other one held fixed. A packed
+    attention projection is one parameter, differentiated once, and split into its matrices after.
+    """
+    loss = _Loss(ctx)
+    loss.network = FunctionalNetwork(loss.model, matrices.parameter_names(ctx))
+    loss.params, loss.names = loss.network.params, loss.network.names
+    loss.description = matrices.UNFOLDED
+    return loss

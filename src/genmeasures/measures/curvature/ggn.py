@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
+from genmeasures.measures import matrices
 from genmeasures.measures.curvature.loss import CHUNK_BYTES, Params, _chunks, _Loss, _weight_names
 from genmeasures.models import WeightLayer
 
@@ -167,10 +168,13 @@ def _ggn_diagonal_by_layer(loss: _Loss) -> Params | None:
     gradient-equivalents, plus the products.
 
     Returns:
-        The diagonal, or None when a layer's kind has no rule in :data:`LAYER_RULES`, or a layer
-        module runs other than once per forward pass (its gradient is then not one ``δᵀa``).
+        The diagonal, or None when a layer's kind has no rule in :data:`LAYER_RULES`, a layer
+        module runs other than once per forward pass (its gradient is then not one ``δᵀa``), or
+        the network cannot be folded (its weight matrices are not all Linear/Conv layers).
     """
     ctx = loss.ctx
+    if not matrices.folded(ctx):  # the unfolded network's matrices: the per-example path
+        return None
     layers = ctx.layers
     names = _weight_names(ctx)
     if len(set(names)) != len(names) or not all(layer.kind in LAYER_RULES for layer in layers):
