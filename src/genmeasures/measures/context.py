@@ -212,7 +212,10 @@ class MeasureContext:
     @property
     def architecture(self) -> Architecture:
         """The analysis of the unfolded network (:func:`genmeasures.describe`), made once."""
-        return self.cached("architecture", lambda: describe(self.model, self.input_shape))
+        example = None if self.inputs is None else self.inputs[:2]
+        return self.cached(
+            "architecture", lambda: describe(self.model, self.input_shape, example=example)
+        )
 
     @property
     def architecture_layers(self) -> list[WeightLayer]:

@@ -399,7 +399,12 @@ class Architecture:
         return "\n".join(lines)
 
 
-def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Architecture:
+def describe(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    example: torch.Tensor | None = None,
+) -> Architecture:
     """Describe a network: weight layers, chain or not, normalizations, activations.
 
     Args:
@@ -407,6 +412,8 @@ def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Arch
         input_shape: Shape of one input example without the batch dimension; defaults to
             ``model.input_shape``. Needed only when ``torch.fx`` cannot trace the model; with it,
             a traced graph is also run once on zeros to tell tensors from shapes.
+        example: A batch of real inputs for the forward-hook fallback, instead of random float
+            inputs of ``input_shape``: needed where the inputs are not real numbers (token ids).
 
     Returns:
         The :class:`Architecture`.
@@ -426,7 +433,7 @@ def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Arch
                 f"the model cannot be traced with torch.fx ({error}) and no input shape is known "
                 "for the forward-hook fallback; pass input_shape."
             ) from exc
-        return _from_hooks(model, shape, error)
+        return _from_hooks(model, shape, error, example)
     return _GraphReader(model, graph, shape).read()
 
 
@@ -749,7 +756,7 @@ def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _hook_calls(
-    model: nn.Module, shape: tuple[int, ...]
+    model: nn.Module, shape: tuple[int, ...], example: torch.Tensor | None
 ) -> tuple[list[_HookCall], torch.Tensor, Any]:
     calls: list[_HookCall] = []
     leaves = _leaf_modules(model)
@@ -761,13 +768,18 @@ def _hook_calls(
         return hook
 
     handles = [m.register_forward_hook(watcher(p)) for p, m in leaves]
-    x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    if example is None:
+        x = torch.randn(
+            (2, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+        )
+    else:  # real inputs: token ids stay integers, real inputs follow the float64 copy
+        x = example[:2].double() if example.is_floating_point() else example[:2]
     try:
         with eval_mode(model), torch.no_grad():
             output = model(x.to(probe_input(model, shape, batch=1).device))
     except Exception as exc:
         raise ModelError(
-            f"the forward pass of a random input of shape {tuple(x.shape)} failed: "
+            f"the forward pass of an input of shape {tuple(x.shape)} failed: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
@@ -786,10 +798,12 @@ def _follows(received: Any, produced: Any) -> bool:
     return bool(torch.allclose(a, b) or torch.allclose(a, b.clamp(min=0)))
 
 
-def _from_hooks(model: nn.Module, shape: tuple[int, ...], error: str) -> Architecture:
+def _from_hooks(
+    model: nn.Module, shape: tuple[int, ...], error: str, example: torch.Tensor | None
+) -> Architecture:
     """The fallback: classify the leaf modules, and check a chain by values."""
     copied = copy.deepcopy(model).double()
-    calls, x, output = _hook_calls(copied, shape)
+    calls, x, output = _hook_calls(copied, shape, example)
     counts = Counter(id(call.module) for call in calls)
     connections: list[Connection] = []
     previous, broken = x, ""
