@@ -298,7 +298,7 @@ def _record_input_shapes(
 # ---------------------------------------------------------------------------------- fx usage
 
 #: Operations that multiply their operands (a parameter among them is a linear map).
-_PRODUCTS = {
+PRODUCTS = {
     torch.matmul,
     torch.mm,
     torch.bmm,
@@ -311,7 +311,7 @@ _PRODUCTS = {
     F.conv3d,
     F.embedding,
 }
-_PRODUCT_METHODS = {"matmul", "mm", "bmm", "__matmul__"}
+PRODUCT_METHODS = {"matmul", "mm", "bmm", "__matmul__"}
 #: Operations that only view or move a tensor; a transpose flips its orientation.
 _VIEWS = {"reshape", "view", "contiguous", "to", "type", "float", "double", "half", "squeeze"}
 _VIEWS |= {"unsqueeze", "flatten"}
@@ -325,10 +325,10 @@ def _matrix_usage(model: nn.Module) -> dict[str, bool | None]:
     (``F.linear(x, W)``, ``W @ x``, a conv kernel), ``None``: never multiplied (additive).
     Empty when the model cannot be traced.
     """
-    from genmeasures.models.architecture import _Tracer
+    from genmeasures.models.architecture import Tracer
 
     try:
-        graph = _Tracer().trace(model)
+        graph = Tracer().trace(model)
     except Exception:  # untraceable: the caller falls back to the 2-d rule
         return {}
     usage: dict[str, bool | None] = {}
@@ -350,7 +350,7 @@ def _product_orientation(node: fx.Node, transposed: bool) -> bool | None:
             found = _product_orientation(user, not transposed)
         elif target is F.embedding:
             found = not transposed  # F.embedding(input, table): the table is in × out
-        elif target in _PRODUCTS or (user.op == "call_method" and target in _PRODUCT_METHODS):
+        elif target in PRODUCTS or (user.op == "call_method" and target in PRODUCT_METHODS):
             right = target in (torch.matmul, operator.matmul, torch.mm, torch.bmm) or (
                 user.op == "call_method" and user.args[0] is not node
             )
