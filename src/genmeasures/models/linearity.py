@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from genmeasures.models.probe import check_model
+from genmeasures.models.probe import POOLING_AND_RESHAPE_TYPES, check_model
 
 __all__ = ["uses_piecewise_linear_activations"]
 
@@ -34,24 +34,7 @@ _PIECEWISE_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
+    *POOLING_AND_RESHAPE_TYPES,
     nn.ZeroPad2d,
     nn.ConstantPad1d,
     nn.ConstantPad2d,

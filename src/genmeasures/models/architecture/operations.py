@@ -8,10 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmeasures.models.probe import (
-    BN_TYPES,
-    WEIGHT_TYPES,
-)
+from genmeasures.models.probe import BN_TYPES, POOLING_AND_RESHAPE_TYPES, WEIGHT_TYPES
 
 ATTENTION_TYPES = (nn.MultiheadAttention,)
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
@@ -30,24 +27,7 @@ HOMOGENEOUS_MODULES = (
     nn.LeakyReLU,
     nn.PReLU,
     nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
+    *POOLING_AND_RESHAPE_TYPES,
     nn.ZeroPad1d,
     nn.ZeroPad2d,
     nn.ZeroPad3d,
