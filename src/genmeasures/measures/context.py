@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from genmeasures.errors import MeasureError, MissingInputError, ModelError, NumericalError
+from genmeasures.errors import (
+    MeasureError,
+    MissingInputError,
+    ModelError,
+    NumericalError,
+    UnsupportedLayerError,
+)
 from genmeasures.measures import matrices
 from genmeasures.measures.inputs import LogitsOf, OutputFn, logits_selector
 from genmeasures.measures.matrices import WeightMatrix
@@ -237,6 +243,24 @@ class MeasureContext:
     def layers(self) -> list[WeightLayer]:
         """Weight layers of the BN-folded model in forward order (``MEASURES.md`` §1.2)."""
         return self._folded[1]
+
+    @property
+    def foldable(self) -> bool:
+        """Whether the network folds and lists its weight layers (``MEASURES.md`` §1.2).
+
+        Raises:
+            ModelError: for a model without any weight layer, or with a non-finite weight (only
+                an :class:`~genmeasures.errors.UnsupportedLayerError` means "cannot be folded").
+        """
+
+        def compute() -> bool:
+            try:
+                self.layers  # noqa: B018  (folds the model and lists its weight layers)
+            except UnsupportedLayerError:
+                return False
+            return True
+
+        return self.cached("foldable", compute)
 
     @property
     def _folded(self) -> tuple[nn.Module, list[WeightLayer]]:

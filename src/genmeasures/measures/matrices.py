@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from genmeasures.errors import MissingInputError, ModelError, NumericalError, UnsupportedLayerError
+from genmeasures.errors import MissingInputError, ModelError, NumericalError
 from genmeasures.models import ConvGeometry, WeightLayer
 from genmeasures.models.probe import WEIGHT_TYPES, record_calls
 
@@ -127,24 +127,6 @@ class WeightMatrix:
         return 1 if self.geometry is None else math.prod(self.geometry.kernel_size)
 
 
-def folded(ctx: MeasureContext) -> bool:
-    """Whether the network folds and lists its weight layers (``MEASURES.md`` §1.2).
-
-    Raises:
-        ModelError: for a model without any weight layer, or with a non-finite weight (only an
-            :class:`~genmeasures.errors.UnsupportedLayerError` means "cannot be folded").
-    """
-
-    def compute() -> bool:
-        try:
-            ctx.layers  # noqa: B018  (folds the model and lists its weight layers)
-        except UnsupportedLayerError:
-            return False
-        return True
-
-    return ctx.cached("matrices/folded", compute)
-
-
 def weight_matrices(ctx: MeasureContext) -> list[WeightLayer] | list[WeightMatrix]:
     """The network's weight matrices in forward order: :attr:`MeasureContext.layers` if it folds.
 
@@ -152,7 +134,7 @@ def weight_matrices(ctx: MeasureContext) -> list[WeightLayer] | list[WeightMatri
         ModelError: if the network has no weight matrix.
         NumericalError: if one has a non-finite entry (naming it).
     """
-    if folded(ctx):
+    if ctx.foldable:
         return ctx.layers
     return ctx.cached("matrices/unfolded", lambda: _unfolded_matrices(ctx, ctx.model))
 
@@ -164,7 +146,7 @@ def initial_matrices(ctx: MeasureContext) -> list[WeightLayer] | list[WeightMatr
         MissingInputError: without an initial model.
         ModelError: if a parameter is missing from ``init_model`` or has another shape there.
     """
-    if folded(ctx):
+    if ctx.foldable:
         return ctx.init_layers
 
     def compute() -> list[WeightMatrix]:
@@ -193,7 +175,7 @@ def initial_matrices(ctx: MeasureContext) -> list[WeightLayer] | list[WeightMatr
 
 def matrices_description(ctx: MeasureContext) -> str:
     """:data:`FOLDED` or :data:`UNFOLDED`, as recorded in ``extra["weights"]``."""
-    return FOLDED if folded(ctx) else UNFOLDED
+    return FOLDED if ctx.foldable else UNFOLDED
 
 
 def parameter_names(ctx: MeasureContext) -> list[str]:

@@ -148,7 +148,7 @@ def default_estimator(ctx: MeasureContext) -> str:
     A network that cannot be folded is piecewise linear in each weight only if it is also made of
     positively homogeneous units (no normalization, attention or gate: :func:`describe`).
     """
-    if matrices.folded(ctx):
+    if ctx.foldable:
         piecewise = uses_piecewise_linear_activations(ctx.folded_model)
     else:
         piecewise = ctx.architecture.is_homogeneous and uses_piecewise_linear_activations(ctx.model)

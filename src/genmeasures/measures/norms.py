@@ -186,7 +186,7 @@ FISHER_RAO_GENERAL = "1/m sum_j <w, grad_w l_j>^2 (Liang et al. 2019, Fisher-Rao
 
 def _is_chain(ctx: MeasureContext) -> bool:
     """Whether eq 45's (d+1)² applies: a foldable network that is a chain of layers."""
-    if not matrices.folded(ctx):
+    if not ctx.foldable:
         return False
     try:
         return ctx.architecture.is_chain
@@ -214,12 +214,12 @@ def fisher_rao(ctx: MeasureContext) -> MeasureOutput:
     weight matrices of :attr:`MeasureContext.weight_matrices` (every other parameter held
     fixed). ``extra["definition"]`` says which.
     """
-    if matrices.folded(ctx):
+    if ctx.foldable:
         model = ctx.folded_model
         names = {f"{layer.name}.weight" if layer.name else "weight" for layer in ctx.layers}
     else:
         model, names = ctx.model, set(matrices.parameter_names(ctx))
-    total = _squared_directional_derivatives(ctx, model, names, unfused=not matrices.folded(ctx))
+    total = _squared_directional_derivatives(ctx, model, names, unfused=not ctx.foldable)
     extra = {"weights": matrices.matrices_description(ctx)}
     if _is_chain(ctx):
         d = ctx.num_layers

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genmeasures.errors import MissingInputError, ModelError, NumericalError, UnsupportedLayerError
+from genmeasures.errors import MissingInputError, ModelError, NumericalError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.functional import layer_parameter_names
 
@@ -42,7 +42,6 @@ __all__ = [
     "UNFOLDED",
     "Theta",
     "differentiated_parameters",
-    "foldable",
     "initial_parameters",
     "perturbed_parameters",
 ]
@@ -91,24 +90,6 @@ class Theta:
         return sum(tensor.numel() for tensor in self.tensors())
 
 
-def foldable(ctx: MeasureContext) -> bool:
-    """Whether the context's network folds and lists its weight layers (``MEASURES.md`` §1.2).
-
-    Raises:
-        ModelError: for a model without any weight layer, or with a non-finite weight
-            (only an :class:`~genmeasures.errors.UnsupportedLayerError` means "not foldable").
-    """
-
-    def compute() -> bool:
-        try:
-            ctx.layers  # noqa: B018  (folds the model and lists its weight layers)
-        except UnsupportedLayerError:
-            return False
-        return True
-
-    return ctx.cached("parameters/foldable", compute)
-
-
 def _unfolded(ctx: MeasureContext) -> Theta:
     names = []
     for name, parameter in ctx.model.named_parameters():
@@ -129,7 +110,7 @@ def perturbed_parameters(ctx: MeasureContext) -> Theta:
     """
 
     def compute() -> Theta:
-        if not foldable(ctx):
+        if not ctx.foldable:
             return _unfolded(ctx)
         model = ctx.folded_model
         names = layer_parameter_names(model, ctx.layers, biases=True)
@@ -146,7 +127,7 @@ def differentiated_parameters(ctx: MeasureContext) -> Theta:
     """
 
     def compute() -> Theta:
-        if not foldable(ctx):
+        if not ctx.foldable:
             return _unfolded(ctx)
         model = ctx.folded_model
         return Theta(model, tuple(name for name, _ in model.named_parameters()), FOLDED_ALL)

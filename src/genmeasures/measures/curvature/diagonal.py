@@ -216,7 +216,7 @@ def _diagonal(
     entry = DIAGONAL_ESTIMATORS[estimator]
     generator = ctx.generator(f"{DIAGONAL_PURPOSE}/{estimator}") if entry.random else None
     options = {"probes": probes, "r": r, "eps": eps}
-    if not matrices.folded(ctx):
+    if not ctx.foldable:
         loss = _matrix_loss(ctx)
         diagonal = entry.compute(loss, generator, **{name: options[name] for name in entry.options})
         return [

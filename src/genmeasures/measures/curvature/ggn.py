@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from genmeasures.measures import matrices
 from genmeasures.measures.curvature.loss import CHUNK_BYTES, Params, _chunks, _Loss, _weight_names
 from genmeasures.models import WeightLayer
 
@@ -173,7 +172,7 @@ def _ggn_diagonal_by_layer(loss: _Loss) -> Params | None:
         the network cannot be folded (its weight matrices are not all Linear/Conv layers).
     """
     ctx = loss.ctx
-    if not matrices.folded(ctx):  # the unfolded network's matrices: the per-example path
+    if not ctx.foldable:  # the unfolded network's matrices: the per-example path
         return None
     layers = ctx.layers
     names = _weight_names(ctx)
