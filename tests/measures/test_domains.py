@@ -9,44 +9,12 @@ import pytest
 import torch
 
 import genmeasures as gm
+from domains import CHAIN, HOMOGENEOUS, RECORDS, WEIGHTS, assert_values_and_reasons
 from genmeasures.zoo.train import TrainingConfig, train_to_target
 from networks import NETWORKS, ResidualCNN
 
 ALL = [spec.name for spec in gm.list_measures()]
 
-SPECTRAL_CHAIN = [
-    "spec-init",
-    "spec-orig",
-    "spec-init-main",
-    "spec-orig-main",
-    "prod-of-spec-over-margin",
-    "prod-of-spec",
-    "sum-of-spec-over-margin",
-    "sum-of-spec",
-]
-#: The issue's domains, written out: what each measure's definition needs.
-CHAIN = {
-    "vc-dim",
-    "num-params",
-    "prod-of-fro-over-margin",
-    "sum-of-fro-over-margin",
-    *SPECTRAL_CHAIN,
-    *(f"{name}-reshaped" for name in SPECTRAL_CHAIN),
-}
-HOMOGENEOUS = {"path-norm", "path-norm-over-margin"}
-WEIGHTS = {
-    "param-norm",
-    "frob-distance",
-    "prod-of-fro",
-    "sum-of-fro",
-    "fro-over-spec",
-    "fro-over-spec-reshaped",
-    "spec-dist",
-    "spec-dist-reshaped",
-    "normalized-sharpness",
-    "normalized-sharpness-arxiv",
-}
-RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoch-1"}
 
 #: On the transformer block (LayerNorm, attention), the measures that work today: those reading
 #: only the outputs (or a gradient of the unfolded network), those reading only weight matrices
@@ -104,14 +72,7 @@ def test_every_measure_has_its_expected_status(network_results):
 
 def test_ok_values_are_finite_and_unsupported_ones_say_why(network_results):
     _, results = network_results
-    for name in ALL:
-        result = results[name]
-        if result.status == "ok":
-            assert math.isfinite(result.value), name
-        elif result.status == "unsupported":
-            assert math.isnan(result.value)
-            named = ("`", "module '", "the model's top-level forward")
-            assert any(where in result.message for where in named), result.message
+    assert_values_and_reasons(results)
 
 
 def test_chain_measures_name_the_residual_module():

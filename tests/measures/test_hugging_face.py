@@ -9,15 +9,14 @@ of every registered measure, and checks that every ``ok`` value is finite.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
 import torch
-from test_domains import CHAIN, HOMOGENEOUS, RECORDS
 from torch import nn
 
 import genmeasures as gm
+from domains import CHAIN, HOMOGENEOUS, RECORDS, assert_values_and_reasons
 
 transformers = pytest.importorskip("transformers")
 
@@ -137,9 +136,4 @@ def test_every_measure_has_its_expected_status(network_results):
 
 def test_ok_values_are_finite_and_unsupported_ones_say_why(network_results):
     _, results = network_results
-    for name in ALL:
-        result = results[name]
-        if result.status == "ok":
-            assert math.isfinite(result.value), name
-        elif result.status == "unsupported":
-            assert math.isnan(result.value) and result.message, name
+    assert_values_and_reasons(results)
