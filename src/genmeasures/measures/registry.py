@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from genmeasures.errors import MeasureError, UnknownMeasureError
+from genmeasures.errors import (
+    MeasureError,
+    ModelError,
+    UnknownMeasureError,
+    UnsupportedLayerError,
+)
+from genmeasures.models.architecture import REQUIREMENT_TEXT
 from genmeasures.validation import Settings, build
 
 if TYPE_CHECKING:
@@ -84,13 +90,10 @@ class MeasureSpec:
         """
         if self.domain == "differentiable":
             return
-        from genmeasures.errors import ModelError, UnsupportedLayerError
-        from genmeasures.models.architecture import REQUIREMENT_TEXT
-
         try:
             reason = ctx.architecture.violation(self.domain)
         except UnsupportedLayerError:
-            raise
+            raise  # a ModelError too, but one that already says what is unsupported
         except ModelError as error:
             reason = f"the architecture could not be analysed ({error})"
         if reason is not None:
