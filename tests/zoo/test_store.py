@@ -175,7 +175,6 @@ def test_failures_are_recorded_and_retried_on_request(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of cheese")
 
-    monkeypatch.setattr("genmeasures.zoo.worker.train_to_target", broken)
     monkeypatch.setattr("genmeasures.zoo.worker.train_batched", broken)
     summary = train_zoo(zoo)
     assert summary.trained == {"failed": 4}
