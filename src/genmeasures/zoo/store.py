@@ -14,7 +14,9 @@ digests. A process killed at any moment therefore leaves at most some ``running`
 ``pending`` by the next run, which holds the lock and so knows they are stale) and possibly
 orphaned files that the retry overwrites. Opening a study reads JSON, SQLite and safetensors:
 nothing is unpickled. Opening checks the database's schema version and migrates a study made by
-an older genmeasures in place (:mod:`genmeasures.zoo.schema`).
+an older genmeasures in place (:mod:`genmeasures.zoo.schema`); a study whose writer was killed
+mid-transaction is rolled back by the open, or, without write access, read from a rolled-back
+copy (:mod:`genmeasures.zoo.opening`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from genmeasures.zoo.checkpoint import (
     load_run,
     write_run,
 )
-from genmeasures.zoo.schema import METRICS, check_schema, create_schema, migrate
+from genmeasures.zoo.opening import migrated, open_database
+from genmeasures.zoo.schema import METRICS, check_schema, create_schema
 from genmeasures.zoo.space import Config, Space, canonical_json
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.tables import long_measures, study_table
@@ -142,14 +145,14 @@ class Zoo:
                 "`genmeasures train --preset NAME --out DIR`"
             )
         try:
-            self._connection = self._connect(database)
+            self._connection = open_database(database, self._connect)
             check_schema(self._connection, database)
             stored = self._meta("space")
         except sqlite3.DatabaseError as error:
             raise StudyError(f"{database} is not a readable study database: {error}") from error
         if stored is None:
             raise StudyError(f"{database} has no space: it was not made by genmeasures")
-        migrate(self._connection, database)
+        self._connection = migrated(self._connection, database)
         self.space = Space.from_json(json.loads(stored))
 
     @classmethod
