@@ -391,6 +391,8 @@ def test_study_scores_exactly_the_measures_it_was_asked_for(
     assert code == 0, err
     summary = json.loads((study / "report" / "summary.json").read_text())
     assert summary["measures"] == ["param-norm"]
+    figures = {path.name for path in (study / "report" / "figures").iterdir()}
+    assert "scatter-param-norm.png" in figures and "scatter-path-norm.png" not in figures
     code, _, err = run(capsys, "evaluate", str(study), "--measures", "sum-of-fro")
     assert code == 2 and "stores no value of sum-of-fro" in err
     # Without --measures, evaluate scores every stored measure, training's included.
