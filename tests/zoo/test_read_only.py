@@ -175,6 +175,8 @@ def unwritable(killed: Path) -> Iterator[list[str]]:
         if setpriv is None:
             pytest.skip("root ignores file permissions and setpriv is not installed")
         prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all"]
+        if subprocess.run([*prefix, "true"], check=False).returncode != 0:
+            pytest.skip("root ignores file permissions and cannot drop its capabilities here")
     for path in (killed / DATABASE_FILE, killed / JOURNAL):
         path.chmod(0o444)
     killed.chmod(0o555)
