@@ -44,7 +44,7 @@ class TrainingConfig(Settings):
         check_batches: K, minibatches per loss estimate (``ce_check="minibatch"``).
         ce_check: ``"minibatch"`` (the paper's estimate) or ``"full"`` (exact mean over S).
         seed: Run seed in ``[0, 2**64)``: data order, loss-check draws and dropout (separate
-            streams, see the module docstring).
+            streams, see :mod:`genmeasures.zoo.batched`).
 
     Raises:
         TrainingError: naming the field, for a value of the wrong type or out of range.
