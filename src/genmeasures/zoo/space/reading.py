@@ -293,7 +293,8 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
 
     Raises:
         SpaceError: For an unknown preset (listing the presets), a missing or unreadable file, a
-            TOML syntax error (naming the file and line) or an invalid space.
+            file that is not UTF-8 (naming the byte offset), a TOML syntax error (naming the file
+            and line) or an invalid space.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         fail("load_space", "name_or_path", repr(name_or_path), "a preset name or a file path")
@@ -323,6 +324,12 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
         raise SpaceError(
             f"{path}: expected a readable .toml file describing a space, could not read it "
             f"({exc.strerror or exc}). Presets: {', '.join(presets)}."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise SpaceError(
+            f"{path}: expected UTF-8 text (a TOML file describing a space), received a byte "
+            f"{exc.object[exc.start : exc.start + 1]!r} at byte offset {exc.start} that is not "
+            "UTF-8; save the file as UTF-8"
         ) from None
     data = _read_toml(content, str(path))
     return space_from_dict(data, source=str(path), name=path.stem)
