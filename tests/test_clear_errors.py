@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from genmeasures.cli import main
-from genmeasures.errors import EvaluationError, SpaceError
+from genmeasures.errors import EvaluationError, ReportError, SpaceError
 from genmeasures.evaluate import read_table, score_table
+from genmeasures.evaluate.report import check_report_folder, destination, write_report
 from genmeasures.zoo.space import load_space
 
 
@@ -22,6 +23,16 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv("GENMEASURES_CACHE", str(folder))
     return folder
+
+
+def refused_argument(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the command line, expect argparse to refuse an argument (status 2); its stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err
+    return err
 
 
 def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -34,7 +45,7 @@ def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return err
 
 
-# ---------------------------------------------------------------- 1. a space file that is not UTF-8
+# -------------------------------------------------- 1. a space file that is not UTF-8
 
 
 def test_a_space_file_that_is_not_utf8_is_named_with_the_byte_offset(
@@ -51,7 +62,55 @@ def test_a_space_file_that_is_not_utf8_is_named_with_the_byte_offset(
     assert not (tmp_path / "study").exists()
 
 
-# ---------------------------------------------------------------- 4. a table without rows
+# -------------------------------------------------- 2. a report folder that cannot be created
+
+
+def small_table(path: Path) -> Path:
+    rows = [
+        (lr, width, 0.1 * i + lr, float(i))
+        for i, (lr, width) in enumerate([(0.1, 16), (0.1, 32), (0.01, 16), (0.01, 32)])
+    ]
+    pd.DataFrame(rows, columns=["lr", "width", "gap", "sharpness"]).to_csv(path, index=False)
+    return path
+
+
+def test_a_report_folder_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = small_table(tmp_path / "results.csv")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    report = blocker / "report"
+    err = refused_argument(
+        capsys, "evaluate", "--table", str(table), "--hparams", "lr,width", "--report", str(report)
+    )
+    assert f"report folder {str(report)!r}" in err
+    assert f"{str(blocker)!r} is a file, not a folder (Not a directory)" in err
+    # a study folder is not even opened: the argument is refused first
+    err = refused_argument(capsys, "evaluate", str(tmp_path / "no-study"), "--report", str(report))
+    assert "is a file, not a folder" in err
+    err = refused_argument(capsys, "evaluate", "--table", str(table), "--report", str(blocker))
+    assert "it is a file, not a folder" in err
+
+
+def test_a_report_folder_without_write_permission_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(destination.os, "access", lambda path, mode: False)
+    with pytest.raises(ReportError, match=r"no permission to write in .* \(Permission denied\)"):
+        check_report_folder(tmp_path / "report")
+
+
+def test_write_report_names_a_folder_it_cannot_create(tmp_path: Path) -> None:
+    table = pd.read_csv(small_table(tmp_path / "results.csv"))
+    evaluation = score_table(table, ["sharpness"], hparams=["lr", "width"], draws=1)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ReportError, match="is a file, not a folder"):
+        write_report(evaluation, tmp_path / "file" / "report", title="t")
+    assert write_report(evaluation, tmp_path / "a" / "b", title="t").is_file()
+
+
+# -------------------------------------------------- 4. a table without rows
 
 
 def test_a_csv_without_rows_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
