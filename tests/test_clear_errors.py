@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+import genmeasures as gm
 from genmeasures.cli import main
-from genmeasures.errors import EvaluationError, ReportError, SpaceError
+from genmeasures.errors import EvaluationError, MeasureError, ModelError, ReportError, SpaceError
 from genmeasures.evaluate import read_table, score_table
 from genmeasures.evaluate.report import check_report_folder, destination, write_report
+from genmeasures.zoo.checkpoint import model_spec, save_spec, save_state
 from genmeasures.zoo.space import load_space
 
 
@@ -138,3 +142,48 @@ def test_score_table_without_rows_says_so() -> None:
     expected = "score_table: table expected one row per trained model"
     with pytest.raises(EvaluationError, match=expected):
         score_table(table, hparams=["lr"])
+
+
+# -------------------------------------------------- 5. data that do not fit the model
+
+
+def test_a_digits_model_measured_on_mnist1d_names_both_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = model_spec("mlp", (1, 8, 8), 10, depth=1, width=8, seed=0)
+    model = gm.build_model("mlp", (1, 8, 8), 10, **spec["hparams"])
+    save_state(tmp_path / "final.safetensors", model.state_dict())
+    save_spec(tmp_path / "model.json", spec)
+    err = fails(
+        capsys,
+        "measure",
+        "--weights",
+        str(tmp_path / "final.safetensors"),
+        "--spec",
+        str(tmp_path / "model.json"),
+        "--dataset",
+        "mnist1d",
+        "--measures",
+        "param-norm",
+    )
+    assert "inputs of shape (1, 8, 8) per example" in err
+    assert "received dataset 'mnist1d' with inputs of shape (40,)" in err
+    assert "mat1" not in err
+
+
+def test_a_dataset_with_other_classes_than_the_models_outputs_is_refused() -> None:
+    digits = gm.load_dataset("digits", train_size=20)
+    model = gm.build_model("mlp", (1, 8, 8), 3, depth=1, width=4, seed=0)
+    expected = r"data expected 3 classes \(the model has 3 outputs\), received dataset 'digits'"
+    with pytest.raises(MeasureError, match=expected + " with 10 classes"):
+        gm.compute(model, digits, measures="param-norm")
+    inputs, labels = digits.train
+    with pytest.raises(MeasureError, match=r"received data with labels up to 9"):
+        gm.compute(model, (inputs, labels), measures="param-norm")
+
+
+def test_a_forward_pass_that_fails_names_the_shape_of_an_example() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # records no input_shape
+    data = (torch.zeros(4, 40), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ModelError, match=r"one example of the data \(shape \(40,\)\) failed"):
+        gm.compute(model, data, measures="param-norm")
