@@ -6,6 +6,7 @@ message is on stderr and says what was expected, what was received and where.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ from genmeasures.errors import EvaluationError, MeasureError, ModelError, Report
 from genmeasures.evaluate import read_table, score_table
 from genmeasures.evaluate.report import check_report_folder, destination, write_report
 from genmeasures.zoo.checkpoint import model_spec, save_spec, save_state
-from genmeasures.zoo.space import load_space
+from genmeasures.zoo.space import Space, list_presets, load_space, memory
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +188,80 @@ def test_a_forward_pass_that_fails_names_the_shape_of_an_example() -> None:
     data = (torch.zeros(4, 40), torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ModelError, match=r"one example of the data \(shape \(40,\)\) failed"):
         gm.compute(model, data, measures="param-norm")
+
+
+# -------------------------------------------------- 6. a model that cannot fit in memory
+
+HUGE = """
+[fixed]
+dataset = "digits"
+model = "mlp"
+depth = 1
+batch_size = 32
+
+[grid]
+width = [16, 100000000000]
+"""
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_text(HUGE)
+    study = tmp_path / "study"
+    err = fails(capsys, "train", "--space", str(path), "--out", str(study))
+    assert f"{path}: config 1 expected hyperparameters whose model can be trained in this " in err
+    assert "'width': 100000000000" in err and "'batch_size': 32" in err
+    parameters = 64 * 10**11 + 10**11 + 10**11 * 10 + 10
+    assert f"{parameters:,} parameters × 4 bytes × 5 copies" in err
+    total = (parameters * 5 + (10**11 + 10) * 32) * 4
+    assert f"Training it needs at least {memory.human_bytes(total)} ({total:,} bytes)" in err
+    assert "TiB" in memory.human_bytes(total)
+    assert f"({memory.human_bytes(memory.machine_memory())} of RAM)" in err
+    assert "Configurations that do not fit: 1 of 2." in err
+    assert not study.exists()
+
+
+def test_a_tensor_too_large_for_torch_is_refused_too(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_text(HUGE.replace("depth = 1", "depth = 2"))
+    with pytest.raises(SpaceError, match=r"at least 8 EiB .*exceed 2\*\*63 bytes"):
+        load_space(path)
+
+
+def test_a_float_width_is_refused_as_not_an_integer(tmp_path: Path) -> None:
+    path = tmp_path / "float.toml"
+    path.write_text(HUGE.replace("100000000000", "1e11"))
+    with pytest.raises(SpaceError, match=r"grid.width\[1\] expected an integer >= 1, received 1"):
+        load_space(path)
+
+
+def test_the_memory_need_counts_the_parameters_and_one_batch_of_activations() -> None:
+    space = load_space("smoke")
+    config = space.configs()[0]
+    need = memory.memory_need(config)
+    model = config.build_model(config.load_dataset())
+    assert need.parameters == sum(p.numel() for p in model.parameters())
+    width = config.model_hparams["width"]
+    assert need.activations == width + 10  # the outputs of fc1 and out, per example
+    assert need.total == (need.parameters * 5 + need.activations * need.batch_size) * 4
+
+
+def test_every_preset_fits_and_the_check_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list_presets():
+        load_space(name)  # checked against this machine's memory
+    quick = load_space("quick")
+    assert len(quick) == 81
+    memory._model_size.cache_clear()
+    start = time.perf_counter()
+    memory.check_memory(quick)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_stored_space_is_read_back_on_a_smaller_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke = load_space("smoke")
+    monkeypatch.setattr(memory, "machine_memory", lambda: 1000)
+    with pytest.raises(SpaceError, match=r"\(1000 bytes of RAM\).* do not fit: 8 of 8"):
+        load_space("smoke")
+    assert Space.from_json(smoke.to_json()) == smoke
