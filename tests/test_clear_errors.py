@@ -6,6 +6,8 @@ message is on stderr and says what was expected, what was received and where.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -113,6 +115,47 @@ def test_write_report_names_a_folder_it_cannot_create(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="is a file, not a folder"):
         write_report(evaluation, tmp_path / "file" / "report", title="t")
     assert write_report(evaluation, tmp_path / "a" / "b", title="t").is_file()
+
+
+# -------------------------------------------------- 3. a database of another schema
+
+
+def foreign_database(folder: Path, script: str, *, space: bool = False) -> Path:
+    """A zoo.sqlite that genmeasures did not write: ``script``, optionally a study's space."""
+    folder.mkdir()
+    connection = sqlite3.connect(folder / "zoo.sqlite")
+    connection.executescript(script)
+    if space:
+        stored = json.dumps(load_space("smoke").to_json())
+        connection.execute("INSERT INTO meta VALUES ('space', ?)", (stored,))
+    connection.commit()
+    connection.close()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("script", "space", "message"),
+    [
+        ("CREATE TABLE photos (id INTEGER, path TEXT);", False, "'meta'"),
+        ("CREATE TABLE meta (key TEXT, value TEXT); PRAGMA user_version = 7;", False, "version 7"),
+        ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);", True, "'models'"),
+        (
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+            "CREATE TABLE models (hash TEXT, config TEXT);"
+            "CREATE TABLE measures (model TEXT);",
+            True,
+            "'models'",
+        ),
+    ],
+    ids=["unrelated-tables", "future-version", "no-models-table", "other-columns"],
+)
+def test_show_on_a_database_of_another_schema_is_a_study_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], script: str, space: bool, message: str
+) -> None:
+    folder = foreign_database(tmp_path / "study", script, space=space)
+    err = fails(capsys, "show", str(folder))
+    assert str(folder / "zoo.sqlite") in err and message in err
+    assert "OperationalError" not in err
 
 
 # -------------------------------------------------- 4. a table without rows
