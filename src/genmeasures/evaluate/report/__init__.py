@@ -19,11 +19,11 @@ Every name is importable from here; the modules hold:
 - :mod:`~genmeasures.evaluate.report.pages`: ``report.md`` and ``report.html``;
 - :mod:`~genmeasures.evaluate.report.files`: figure file names and atomic writing;
 - :mod:`~genmeasures.evaluate.report.destination`: the report folder, checked before any work
-  (:func:`check_report_folder`) and created (:func:`create_report_folder`);
+  (:func:`check_report_folder`);
 - :mod:`~genmeasures.evaluate.report.folder`: :func:`write_report`.
 """
 
-from genmeasures.evaluate.report.destination import check_report_folder, create_report_folder
+from genmeasures.evaluate.report.destination import check_report_folder
 from genmeasures.evaluate.report.figures import (
     DPI,
     LOG_SPAN,
@@ -82,7 +82,6 @@ __all__ = [
     "TREND_PANELS_PER_ROW",
     "check_report_folder",
     "cmi_table",
-    "create_report_folder",
     "figure_names",
     "figure_png",
     "format_number",

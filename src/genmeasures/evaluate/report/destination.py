@@ -2,8 +2,8 @@
 
 :func:`check_report_folder` finds, without creating anything, why a folder could not be created
 (a file where a folder is needed, a folder without write permission), so that a command can refuse
-a bad ``--report`` before it scores anything; :func:`create_report_folder` creates the folder and
-turns the operating system's refusal into a :class:`~genmeasures.errors.ReportError`.
+a bad ``--report`` before it scores anything. (:func:`~genmeasures.evaluate.report.write_report`
+reports a folder it then fails to create by itself.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from genmeasures.errors import ReportError
 
-__all__ = ["check_report_folder", "create_report_folder"]
+__all__ = ["check_report_folder"]
 
 
 def _refusal(folder: Path, reason: str, system: str) -> ReportError:
@@ -48,22 +48,4 @@ def check_report_folder(folder: str | os.PathLike[str]) -> Path:
         raise _refusal(path, f"{what} a file, not a folder", os.strerror(errno.ENOTDIR))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _refusal(path, f"no permission to write in {shown}", os.strerror(errno.EACCES))
-    return path
-
-
-def create_report_folder(folder: str | os.PathLike[str]) -> Path:
-    """Create ``folder`` and its parents if missing (:func:`check_report_folder` first).
-
-    Returns:
-        ``folder`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ReportError: naming the folder and the system's reason, if it cannot be created.
-    """
-    path = check_report_folder(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = f"creating it failed at {error.filename!r}"
-        raise _refusal(path, reason, error.strerror or str(error)) from error
     return path

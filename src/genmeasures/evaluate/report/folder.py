@@ -7,7 +7,6 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from genmeasures.evaluate.report.destination import create_report_folder
 from genmeasures.evaluate.report.figures import (
     figure_png,
     population_figure,
@@ -72,13 +71,10 @@ def write_report(
 
     Returns:
         The path of ``report.md``.
-
-    Raises:
-        ReportError: If the folder cannot be created (naming it and the system's reason).
     """
-    root = create_report_folder(folder)
+    root = Path(folder)
     figures_dir = root / "figures"
-    figures_dir.mkdir(exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
     tables = [
         ("Rank correlation (Jiang et al. 2020, table 5)", "ranks", rank_table(ev)),
         ("Conditional mutual information (Jiang et al. 2020, table 6)", "cmi", cmi_table(ev)),
