@@ -537,3 +537,54 @@ def perturbation_search_by_loops(
         else:
             lo, moved_lo = s, True
     return result(s, False, "max-steps")
+
+
+def train_epochs_with_torch_optim(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    config: object,
+    epochs: int,
+) -> nn.Module:
+    """The textbook training loop: ``torch.optim``, ``loss.backward()``, one torch thread.
+
+    ``epochs`` passes over the data in the order of the run's data-order stream, dropout drawn
+    from torch's global generator seeded with the run's torch stream, the learning rate of each
+    update set from ``config.lr_milestones``, decoupled weight decay ``ϑ ← (1 − η_t·λ)·ϑ``
+    before each ``optimizer.step()`` and ``config.l2`` as torch.optim's ``weight_decay``. The
+    training kernel must give the same bits (no loss checks change training).
+    """
+    from genmeasures.zoo.optimizers import OPTIMIZER_TABLE
+    from genmeasures.zoo.recording import TORCH_STREAM, training_streams
+
+    entry = OPTIMIZER_TABLE[config.optimizer]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = entry.torch_class(
+        params, lr=config.lr, weight_decay=config.l2, **entry.torch_settings()
+    )
+    order_gen, _, _ = training_streams(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    step = 0
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, TORCH_STREAM))
+            model.train()
+            for _ in range(epochs):
+                order = torch.randperm(len(labels), generator=order_gen)
+                for lo in range(0, len(labels), config.batch_size):
+                    index = order[lo : lo + config.batch_size]
+                    loss = F.cross_entropy(model(inputs[index]), labels[index])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    lr = config.lr * 0.1 ** sum(step >= t for t in config.lr_milestones)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with torch.no_grad():
+                        for p in params:
+                            p.mul_(1 - lr * config.weight_decay)
+                    optimizer.step()
+                    step += 1
+    finally:
+        torch.set_num_threads(threads)
+    return model

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 import genmeasures as gm
 from genmeasures.cli import main
+from genmeasures.measures import registry
 from genmeasures.zoo.store import Zoo
 
 TRAIN = ["measure", "--dataset", "digits", "--train-size", "200", "--width", "32", "--depth", "1"]
@@ -389,6 +391,8 @@ def test_study_scores_exactly_the_measures_it_was_asked_for(
     assert code == 0, err
     summary = json.loads((study / "report" / "summary.json").read_text())
     assert summary["measures"] == ["param-norm"]
+    figures = {path.name for path in (study / "report" / "figures").iterdir()}
+    assert "scatter-param-norm.png" in figures and "scatter-path-norm.png" not in figures
     code, _, err = run(capsys, "evaluate", str(study), "--measures", "sum-of-fro")
     assert code == 2 and "stores no value of sum-of-fro" in err
     # Without --measures, evaluate scores every stored measure, training's included.
@@ -396,3 +400,45 @@ def test_study_scores_exactly_the_measures_it_was_asked_for(
     assert code == 0, err
     summary = json.loads((study / "report" / "summary.json").read_text())
     assert set(summary["measures"]) == stored
+
+
+@pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")
+def test_stale_values_are_named_by_show_and_evaluate_and_recomputed_by_measure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = tmp_path / "study"
+    assert main(["train", "--space", str(grid_space(tmp_path)), "--out", str(study)]) == 0
+    assert main(["measure", str(study), "--measures", "param-norm", "path-norm"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "show", str(study))
+    assert code == 0 and "warning" not in err
+    spec = gm.get_measure("param-norm")  # as a genmeasures whose param-norm changed would see it
+    monkeypatch.setitem(registry._REGISTRY, spec.name, dataclasses.replace(spec, version=2))
+    code, _, err = run(capsys, "show", str(study))
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "param-norm (4 of 4 values: version 1, current 2)" in warning
+    assert f"`genmeasures measure {study} --measures param-norm`" in warning
+    assert "path-norm" not in warning
+    code, _, err = run(capsys, "evaluate", str(study), "--measures", "path-norm")
+    assert code == 0 and "warning" not in err, "param-norm is not scored"
+    code, _, err = run(capsys, "evaluate", str(study))
+    assert code == 0 and "warning: " in err and "param-norm (4 of 4" in err
+    notes = (study / "report" / "report.md").read_text()
+    assert "param-norm (4 of 4 values" in notes
+    code, out, err = run(capsys, "measure", str(study), "--measures", "param-norm", "path-norm")
+    assert code == 0, err
+    assert "measured 4 models (4 values: 4 ok)" in out and "; 4 stale values recomputed" in out
+    code, _, err = run(capsys, "show", str(study))
+    assert code == 0 and "warning" not in err
+    # A model sent back to pending shows no metrics, though its row keeps the old ones.
+    zoo = Zoo(study)
+    pending = zoo.configs()[0].hash
+    zoo.invalidate(pending, "test")
+    code, out, _ = run(capsys, "show", str(study), "--json")
+    rows = {row["hash"]: row for row in json.loads(out)}
+    assert rows[pending]["status"] == "pending"
+    assert all(rows[pending][key] is None for key in ("gap", "steps", "train_error", "param-norm"))
+    assert all(row["gap"] is not None for key, row in rows.items() if key != pending)
+    code, out, _ = run(capsys, "show", str(study))
+    (line,) = [line for line in out.splitlines() if line.startswith(pending)]
+    assert line.split()[1:2] == ["pending"] and line.split()[-5:] == ["NaN"] * 5

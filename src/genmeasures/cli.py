@@ -44,6 +44,7 @@ from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import CANONICAL_ORDERS, Config, list_presets, load_space
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import OPTIMIZERS, TrainingConfig, train_to_target
+from genmeasures.zoo.versions import stale_warning
 
 #: The space ``genmeasures study`` runs without --preset or --space.
 DEFAULT_STUDY = "quick"
@@ -367,6 +368,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
         zoo = Zoo(args.study)
         evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.baseline_seed)
+        _warn_stale(zoo, evaluation.measures)
         report = write_zoo_report(zoo, evaluation, args.report)
     else:
         if args.hparams is None:
@@ -399,9 +401,16 @@ def _status_line(zoo: Zoo) -> str:
     return f"study {zoo.path} ({zoo.space.name}): {counts}"
 
 
+def _warn_stale(zoo: Zoo, measures: list[str] | None = None) -> None:
+    warning = stale_warning(zoo, measures)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _show(args: argparse.Namespace) -> int:
     zoo = Zoo(args.study)
     table = zoo.table()
+    _warn_stale(zoo)
     if args.export is not None:
         zoo.export(args.export)
         print(f"wrote {args.export}", file=sys.stderr)
@@ -446,6 +455,7 @@ def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None) -> Non
         f"measured {summary.measured} models ({summary.values} values"
         f"{f': {statuses}' if statuses else ''}) in {summary.seconds:.1f} s; "
         f"{summary.up_to_date} already up to date"
+        + (f"; {summary.recomputed} stale values recomputed" if summary.recomputed else "")
         + (f"; {summary.corrupt} with corrupt checkpoints skipped" if summary.corrupt else "")
     )
 

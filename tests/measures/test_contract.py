@@ -117,6 +117,20 @@ def test_a_domain_must_be_one_of_the_four():
         gm.register_measure("test-bad-domain", eq="-", family="test", domain="convex")
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_every_measure_has_an_implementation_version(name):
+    version = gm.get_measure(name).version
+    assert type(version) is int and version >= 1, f"{name}: version {version!r}"
+
+
+@pytest.mark.parametrize("version", [0, -1, 1.0, "1", True])
+def test_a_version_must_be_an_integer_from_1(version):
+    with pytest.raises(ValueError, match=r"test-bad-version: version must be an integer >= 1"):
+        gm.register_measure("test-bad-version", eq="-", family="test", version=version)
+    with pytest.raises(gm.UnknownMeasureError):
+        gm.get_measure("test-bad-version")  # nothing registered
+
+
 @pytest.fixture(scope="module", params=["trained_bn_mlp", "trained_nin"])
 def trained(request):
     return request.getfixturevalue(request.param)

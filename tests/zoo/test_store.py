@@ -175,7 +175,6 @@ def test_failures_are_recorded_and_retried_on_request(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of cheese")
 
-    monkeypatch.setattr("genmeasures.zoo.worker.train_to_target", broken)
     monkeypatch.setattr("genmeasures.zoo.worker.train_batched", broken)
     summary = train_zoo(zoo)
     assert summary.trained == {"failed": 4}
@@ -335,7 +334,7 @@ def user_version(folder: Path) -> int:
 
 def test_a_new_study_records_the_schema_version(tmp_path: Path) -> None:
     Zoo.create(tmp_path / "study", tiny_space()).close()
-    assert user_version(tmp_path / "study") == SCHEMA_VERSION == 2
+    assert user_version(tmp_path / "study") == SCHEMA_VERSION == 3
 
 
 def test_a_study_without_a_schema_version_is_migrated_on_open(tmp_path: Path) -> None:
@@ -365,7 +364,7 @@ def test_a_failed_migration_changes_nothing_and_says_how_to_migrate(
     monkeypatch.setitem(schema.MIGRATIONS, 1, broken)
     with pytest.raises(
         StudyError,
-        match=r"schema version 1 \(made by genmeasures 0\.1\.0\).* uses version 2 (.|\n)*"
+        match=r"schema version 1 \(made by genmeasures 0\.1\.0\).* uses version 3 (.|\n)*"
         r"open it again",
     ):
         Zoo(folder)
@@ -382,7 +381,7 @@ def test_a_study_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
     with pytest.raises(
-        StudyError, match=r"schema version 3 \(made by genmeasures .*\), newer than version 2"
+        StudyError, match=r"schema version 4 \(made by genmeasures .*\), newer than version 3"
     ):
         Zoo(tmp_path / "study")
 

@@ -67,6 +67,9 @@ class MeasureSpec:
         description: One line saying what it is.
         domain: The networks where its definition holds, one of :data:`DOMAINS`; outside it,
             ``compute`` reports it ``unsupported`` (:meth:`check_domain`).
+        version: The implementation's version, an integer from 1: bumped when the measure's
+            numbers change for the same model, data, options and seed. A study stores it with
+            every value and recomputes a value stored by another version (a stale value).
     """
 
     name: str
@@ -80,6 +83,7 @@ class MeasureSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     domain: str = "differentiable"
+    version: int = 1
 
     def check_domain(self, ctx: MeasureContext) -> None:
         """Raise unless the context's network is inside this measure's domain.
@@ -189,6 +193,7 @@ def register_measure(
     fixed: dict[str, Any] | None = None,
     description: str | None = None,
     domain: str = "differentiable",
+    version: int = 1,
 ) -> Callable[[MeasureFn], MeasureFn]:
     """Register a measure function under ``name``.
 
@@ -206,6 +211,9 @@ def register_measure(
         description: One line saying what it is; defaults to the first line of the docstring
             (give one when a function is registered under several names).
         domain: The networks where its definition holds, one of :data:`DOMAINS`.
+        version: The implementation's version, an integer from 1; bump it when the measure's
+            numbers change for the same model, data, options and seed, so that studies
+            recompute the values stored by the previous version.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -217,6 +225,8 @@ def register_measure(
         raise ValueError(f"{name}: stochastic must be no, no*, yes or opt, got {stochastic!r}")
     if domain not in DOMAINS:
         raise ValueError(f"{name}: domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{name}: version must be an integer >= 1, got {version!r}")
     fixed = dict(fixed or {})
 
     def decorator(fn: MeasureFn) -> MeasureFn:
@@ -236,6 +246,7 @@ def register_measure(
             fixed=fixed,
             description=doc.splitlines()[0] if doc else "",
             domain=domain,
+            version=version,
         )
         for label in (name, *aliases):
             key = label.lower()

@@ -13,6 +13,9 @@ A study knows more than a plain table does, and this module passes it on:
 - The measures to score are chosen as :func:`~genmeasures.zoo.measuring.measure_zoo` chooses
   those to compute (names, aliases, glob patterns, ``!`` exclusions), so that a study scores
   exactly what it computed.
+- Values computed by another implementation version of their measure (stale,
+  :mod:`genmeasures.zoo.versions`) are scored as stored, with a note naming the measures and
+  how to recompute them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_CO
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.zoo.space import PER_OPTIMIZER
 from genmeasures.zoo.store import Zoo
+from genmeasures.zoo.versions import stale_warning
 
 #: The column naming each model's architecture in the scoring table.
 ARCHITECTURE = "model"
@@ -136,7 +140,9 @@ def evaluate_zoo(
         seed: Seed of the oracle and random draws.
 
     Returns:
-        The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read.
+        The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read,
+        and one (:func:`~genmeasures.zoo.versions.stale_warning`) if a measure scored has stale
+        values.
 
     Raises:
         EvaluationError: If no measure is stored yet, a measure named is not stored or has
@@ -168,6 +174,9 @@ def evaluate_zoo(
             f"too few finite values to score {', '.join(unscored)} (fewer than 2 among the "
             f"{evaluation.models} finished models): leave them out of the measures to score"
         )
+    stale = stale_warning(zoo, evaluation.measures)
+    if stale is not None:
+        notes.append(f"Warning: {stale}.")
     return dataclasses.replace(evaluation, notes=[*evaluation.notes, *notes])
 
 

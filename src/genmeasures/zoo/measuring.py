@@ -2,8 +2,10 @@
 
 A value is identified by (model, measure name, parameters): a value already stored with the same
 parameters is not computed again, so an interrupted ``genmeasures measure DIR`` continues where
-it stopped, and asking for a measure with other options adds values beside the old ones. Each
-model's values are written in one transaction as soon as they are computed.
+it stopped, and asking for a measure with other options adds values beside the old ones. A stored
+value computed by another implementation version of its measure is stale
+(:mod:`genmeasures.zoo.versions`): it is computed again and replaced. Each model's values are
+written in one transaction as soon as they are computed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_meas
 from genmeasures.zoo.space import Config
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
+from genmeasures.zoo.versions import is_stale
 
 #: Called after each model with (config, models done so far, models to measure).
 ModelCallback = Callable[[Config, int, int], None]
@@ -34,6 +37,8 @@ class MeasureSummary:
         measured: Models for which at least one value was computed.
         up_to_date: Models that already had every requested value.
         values: Values computed and stored.
+        recomputed: Of those, stale values replaced: values stored by another implementation
+            version of their measure (:mod:`genmeasures.zoo.versions`).
         corrupt: Models skipped because a checkpoint failed verification (sent back to
             ``pending`` for retraining).
         statuses: Count of the computed values by status (ok, missing, undefined, ...).
@@ -44,23 +49,35 @@ class MeasureSummary:
     measured: int = 0
     up_to_date: int = 0
     values: int = 0
+    recomputed: int = 0
     corrupt: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def _missing(
+def _to_compute(
     specs: list[MeasureSpec],
     options: Mapping[str, Mapping[str, Any]],
     seed: int,
-    stored: set[tuple[str, str]],
-) -> list[MeasureSpec]:
-    return [
-        spec
-        for spec in specs
-        if (spec.name, spec.params_key(options.get(spec.name, {}), seed)) not in stored
-    ]
+    stored: Mapping[tuple[str, str], int | None],
+) -> tuple[list[MeasureSpec], int]:
+    """The measures whose value is not stored or is stale, and how many of them are stale.
+
+    Args:
+        specs: The measures asked for.
+        options: Measure name → keyword parameters.
+        seed: The model's seed.
+        stored: The model's stored values (:meth:`Zoo.stored_measures`).
+    """
+    wanted, stale = [], 0
+    for spec in specs:
+        key = (spec.name, spec.params_key(options.get(spec.name, {}), seed))
+        if key in stored and not is_stale(stored[key], spec.version):
+            continue
+        wanted.append(spec)
+        stale += key in stored
+    return wanted, stale
 
 
 def measure_zoo(
@@ -73,6 +90,8 @@ def measure_zoo(
 ) -> MeasureSummary:
     """Compute the requested measures for every ``done`` model of a study and store them.
 
+    A value already stored with the same parameters is skipped unless it is stale (computed by
+    another implementation version of its measure): then it is computed again and replaced.
     Each model is measured with its training data, its initial weights and its training records,
     with ``seed`` = the config's seed. Models that did not reach the target are not measured:
     they are excluded from every score (``EVALUATION.md``).
@@ -99,7 +118,7 @@ def measure_zoo(
     dataset: tuple[str, Dataset] | None = None
     seen_warnings: dict[str, None] = {}
     for position, config in enumerate(configs, start=1):
-        missing = _missing(specs, options, config.seed, zoo.stored_measures(config.hash))
+        missing, stale = _to_compute(specs, options, config.seed, zoo.stored_measures(config.hash))
         if not missing:
             summary.up_to_date += 1
         else:
@@ -128,6 +147,7 @@ def measure_zoo(
                 zoo.record_measures(config.hash, [results[name] for name in results])
                 summary.measured += 1
                 summary.values += len(results)
+                summary.recomputed += stale
                 for name in results:
                     status = results[name].status
                     summary.statuses[status] = summary.statuses.get(status, 0) + 1

@@ -1,27 +1,23 @@
-"""The optimizers of a zoo, one table: each entry builds its torch optimizer and updates a stack.
+"""The optimizers of a zoo, one table: each entry updates one parameter tensor in place.
 
 Jiang et al. 2020 (appendix C.3) train with SGD with momentum 0.9, Adam or RMSprop. Each is one
 small frozen dataclass holding its fixed settings (PyTorch's defaults except SGD's momentum) and
-the two ways of applying them, which must agree bit for bit:
+its update of one parameter, written operation by operation as torch's single-tensor
+implementations (``torch/optim/sgd.py``, ``adam.py``, ``rmsprop.py``, the path ``torch.optim``
+takes for CPU tensors), so that a run equals one with the ``torch.optim`` optimizer bit for bit
+(``tests/zoo/test_train.py`` checks it). The training kernel (:mod:`genmeasures.zoo.batched`)
+applies it to every parameter of every member, with that member's learning rate.
 
-- :meth:`Optimizer.build`: the ``torch.optim`` optimizer of a single model
-  (:func:`genmeasures.zoo.train.train_to_target`);
-- :meth:`Optimizer.prepare` and :meth:`Optimizer.update`: the same update written out over
-  parameters stacked along a leading member dimension (:mod:`genmeasures.zoo.batched`), operation
-  by operation as torch's single-tensor implementations (``torch/optim/sgd.py``, ``adam.py``,
-  ``rmsprop.py``), with each member's learning rate as a tensor broadcast over its slice.
-
-Both receive the gradient with the coupled L2 penalty (the ``weight_decay`` argument of
-``torch.optim``) already added, and decoupled weight decay already applied to the parameters.
+The gradient an update receives has the coupled L2 penalty (the ``weight_decay`` argument of
+``torch.optim``) already added, and decoupled weight decay is already applied to the parameter.
 :data:`OPTIMIZER_TABLE` maps each name to its entry; ``genmeasures.zoo.train.OPTIMIZERS`` is its
 tuple of names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -29,7 +25,7 @@ from genmeasures.errors import TrainingError
 
 __all__ = ["OPTIMIZER_TABLE", "SGD", "Adam", "Optimizer", "RMSprop", "get_optimizer"]
 
-#: The optimizer state of one stacked parameter: state name (as torch's) → stacked tensor.
+#: The optimizer state of one parameter: state name (as torch's) → tensor.
 ParamState = dict[str, torch.Tensor]
 
 
@@ -39,50 +35,27 @@ class Optimizer:
 
     Attributes:
         name: The name a :class:`~genmeasures.zoo.train.TrainingConfig` gives.
+        torch_class: The ``torch.optim`` class whose single-tensor update this one reproduces.
     """
 
     name: ClassVar[str]
+    torch_class: ClassVar[type[torch.optim.Optimizer]]
 
-    def build(
-        self, params: Iterable[torch.nn.Parameter], lr: float, l2: float
-    ) -> torch.optim.Optimizer:
-        """The torch optimizer of a single model, with these settings.
-
-        Args:
-            params: The trainable parameters.
-            lr: Learning rate η.
-            l2: Coefficient of the coupled L2 penalty (torch's ``weight_decay`` argument).
-        """
+    def torch_settings(self) -> dict[str, object]:
+        """The keyword arguments of :attr:`torch_class` that give this entry's update."""
         raise NotImplementedError
 
-    def prepare(self, step: int, lr64: torch.Tensor) -> Any:
-        """What every parameter's stacked update after ``step`` completed updates shares.
-
-        Args:
-            step: Updates completed before this one.
-            lr64: The members' learning rates of this update, ``(members,)``, in float64.
-
-        Returns:
-            Passed to :meth:`update` for every parameter of this step (None by default).
-        """
-        return None
-
     def update(
-        self,
-        state: ParamState,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        prepared: Any,
+        self, state: ParamState, param: torch.Tensor, grad: torch.Tensor, lr: float, step: int
     ) -> None:
-        """One update of a stacked parameter, in place, and of its optimizer state.
+        """One update of ``param`` in place (without autograd) and of its optimizer state.
 
         Args:
             state: This parameter's optimizer state (empty before the first update); updated.
-            param: The stacked parameter, members along dimension 0; updated without autograd.
-            grad: Its stacked gradient, L2 penalty included; owned (may be kept or modified).
-            lr: The members' learning rates, in ``param``'s dtype, shaped to broadcast over it.
-            prepared: What :meth:`prepare` returned for this step.
+            param: The parameter.
+            grad: Its gradient, L2 penalty included; not modified.
+            lr: The learning rate of this update.
+            step: Updates completed before this one.
         """
         raise NotImplementedError
 
@@ -96,28 +69,22 @@ class SGD(Optimizer):
     """
 
     name: ClassVar[str] = "sgd"
+    torch_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.SGD
     momentum: float = 0.9
 
-    def build(
-        self, params: Iterable[torch.nn.Parameter], lr: float, l2: float
-    ) -> torch.optim.Optimizer:
-        """``torch.optim.SGD(params, lr, momentum, weight_decay=l2)``."""
-        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=l2)
+    def torch_settings(self) -> dict[str, object]:
+        """``momentum``."""
+        return {"momentum": self.momentum}
 
     def update(
-        self,
-        state: ParamState,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        prepared: Any,
+        self, state: ParamState, param: torch.Tensor, grad: torch.Tensor, lr: float, step: int
     ) -> None:
-        """The momentum update of a stacked parameter (see the class docstring)."""
+        """The momentum update (see the class docstring)."""
         if "momentum_buffer" not in state:
-            buf = state["momentum_buffer"] = grad  # the first gradient, owned: not used elsewhere
+            buf = state["momentum_buffer"] = grad.detach().clone()
         else:
             buf = state["momentum_buffer"].mul_(self.momentum).add_(grad)
-        param.addcmul_(lr, buf, value=-1)
+        param.add_(buf, alpha=-lr)
 
 
 @dataclass(frozen=True)
@@ -125,40 +92,28 @@ class Adam(Optimizer):
     """``torch.optim.Adam`` (not AMSGrad), with its bias corrections as Python floats."""
 
     name: ClassVar[str] = "adam"
+    torch_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.Adam
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
-    def build(
-        self, params: Iterable[torch.nn.Parameter], lr: float, l2: float
-    ) -> torch.optim.Optimizer:
-        """``torch.optim.Adam(params, lr, betas, eps, weight_decay=l2)``."""
-        return torch.optim.Adam(params, lr=lr, betas=self.betas, eps=self.eps, weight_decay=l2)
-
-    def prepare(self, step: int, lr64: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The float64 step sizes η/(1 − β₁ᵗ) and √(1 − β₂ᵗ) of update ``t = step + 1``."""
-        # torch's non-capturable path: the bias corrections are Python floats.
-        beta1, beta2 = self.betas
-        bias_correction1 = 1 - beta1 ** float(step + 1)
-        bias_correction2_sqrt = (1 - beta2 ** float(step + 1)) ** 0.5
-        return lr64 / bias_correction1, bias_correction2_sqrt
+    def torch_settings(self) -> dict[str, object]:
+        """``betas`` and ``eps``."""
+        return {"betas": self.betas, "eps": self.eps}
 
     def update(
-        self,
-        state: ParamState,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        prepared: tuple[torch.Tensor, float],
+        self, state: ParamState, param: torch.Tensor, grad: torch.Tensor, lr: float, step: int
     ) -> None:
-        """The Adam update of a stacked parameter, as ``torch.optim.adam._single_tensor_adam``."""
-        step_size64, bias_correction2_sqrt = prepared
-        step_size = step_size64.to(param.dtype).view(lr.shape)
+        """The Adam update of update ``t = step + 1``."""
+        beta1, beta2 = self.betas
         exp_avg = _zeros(state, "exp_avg", param)
         exp_avg_sq = _zeros(state, "exp_avg_sq", param)
-        exp_avg.lerp_(grad, 1 - self.betas[0])
-        exp_avg_sq.mul_(self.betas[1]).addcmul_(grad, grad, value=1 - self.betas[1])
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        t = float(step + 1)
+        step_size = lr / (1 - beta1**t)
+        bias_correction2_sqrt = (1 - beta2**t) ** 0.5
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        param.addcmul_(step_size, exp_avg / denom, value=-1)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 @dataclass(frozen=True)
@@ -166,28 +121,22 @@ class RMSprop(Optimizer):
     """``torch.optim.RMSprop`` without momentum, not centered."""
 
     name: ClassVar[str] = "rmsprop"
+    torch_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.RMSprop
     alpha: float = 0.99
     eps: float = 1e-8
 
-    def build(
-        self, params: Iterable[torch.nn.Parameter], lr: float, l2: float
-    ) -> torch.optim.Optimizer:
-        """``torch.optim.RMSprop(params, lr, alpha, eps, weight_decay=l2)``."""
-        return torch.optim.RMSprop(params, lr=lr, alpha=self.alpha, eps=self.eps, weight_decay=l2)
+    def torch_settings(self) -> dict[str, object]:
+        """``alpha`` and ``eps``."""
+        return {"alpha": self.alpha, "eps": self.eps}
 
     def update(
-        self,
-        state: ParamState,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        prepared: Any,
+        self, state: ParamState, param: torch.Tensor, grad: torch.Tensor, lr: float, step: int
     ) -> None:
-        """The RMSprop update of a stacked parameter, as torch's single-tensor implementation."""
+        """The RMSprop update."""
         square_avg = _zeros(state, "square_avg", param)
         square_avg.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
         avg = square_avg.sqrt().add_(self.eps)
-        param.addcmul_(lr, grad / avg, value=-1)
+        param.addcdiv_(grad, avg, value=-lr)
 
 
 def _zeros(state: ParamState, name: str, like: torch.Tensor) -> torch.Tensor:

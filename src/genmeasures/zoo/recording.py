@@ -8,8 +8,8 @@ the exact mean with ``ce_check="full"``); a run stops at the first check at or b
 (``not-converged``). :class:`RunRecorder` keeps one run's streams and records (R1 ``ce_checks``,
 R2 ``epoch1_state``, R3 metadata) and applies that rule;
 :meth:`RunRecorder.finish` assembles the :class:`TrainingRun` with its final exact metrics.
-:func:`genmeasures.zoo.train.train_to_target` drives one recorder,
-:func:`genmeasures.zoo.batched.train_batched` one per member of a stack.
+:func:`genmeasures.zoo.batched.train_batched` (the training kernel) drives one per member of a
+unit.
 
 Seeding: the data order and the loss-check draws come from two independent streams derived from
 ``TrainingConfig.seed`` (:func:`training_streams`), so recording never changes training.
@@ -34,7 +34,7 @@ from genmeasures.seeding import derive_seed
 from genmeasures.zoo.states import ModelState
 
 if TYPE_CHECKING:
-    from genmeasures.zoo.train import TrainingConfig
+    from genmeasures.zoo.training_config import TrainingConfig
 
 __all__ = [
     "CHECK_STREAM",

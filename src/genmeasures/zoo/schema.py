@@ -13,6 +13,11 @@ and checked whenever one is opened (:func:`check_schema`, then :func:`migrate`):
 History:
     1. Tables ``meta``, ``models`` and ``measures``; no version recorded.
     2. The same tables; the version is recorded (migrating from 1 only records it).
+    3. ``measures.measure_version``: the implementation version of the measure that computed
+       each value (:attr:`~genmeasures.measures.registry.MeasureSpec.version`), beside
+       ``version``, the library's. Migrating from 2 keeps every row and leaves their
+       ``measure_version`` NULL: unknown, so the value is stale and ``genmeasures measure DIR``
+       recomputes it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ __all__ = [
 ]
 
 #: The version this genmeasures writes and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The version of a study whose database records none (``user_version`` 0).
 UNVERSIONED = 1
@@ -72,6 +77,7 @@ CREATE TABLE IF NOT EXISTS measures (
     message TEXT,
     extra TEXT,
     version TEXT NOT NULL,
+    measure_version INTEGER,
     PRIMARY KEY (model, name, params)
 );
 """
@@ -80,6 +86,8 @@ CREATE TABLE IF NOT EXISTS measures (
 #: with every later step, then ``user_version`` is set to :data:`SCHEMA_VERSION`).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (),  # version 2 only records the version: the tables are those of version 1
+    # A value stored before measures had versions was computed by an unknown one: NULL, stale.
+    2: ("ALTER TABLE measures ADD COLUMN measure_version INTEGER",),
 }
 
 
@@ -183,7 +191,8 @@ def migrate(connection: sqlite3.Connection, database: Path) -> int:
 
 def _migrate(connection: sqlite3.Connection) -> None:
     """Run the migrations from the stored version to :data:`SCHEMA_VERSION` in one transaction."""
-    connection.execute("BEGIN IMMEDIATE")  # the write lock: another opener waits, then sees v2
+    # The write lock: another opener waits, then sees the new version.
+    connection.execute("BEGIN IMMEDIATE")
     try:
         for version in range(stored_version(connection), SCHEMA_VERSION):
             for statement in MIGRATIONS[version]:

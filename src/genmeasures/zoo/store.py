@@ -14,7 +14,9 @@ digests. A process killed at any moment therefore leaves at most some ``running`
 ``pending`` by the next run, which holds the lock and so knows they are stale) and possibly
 orphaned files that the retry overwrites. Opening a study reads JSON, SQLite and safetensors:
 nothing is unpickled. Opening checks the database's schema version and migrates a study made by
-an older genmeasures in place (:mod:`genmeasures.zoo.schema`).
+an older genmeasures in place (:mod:`genmeasures.zoo.schema`); a study whose writer was killed
+mid-transaction is rolled back by the open, or, without write access, read from a rolled-back
+copy (:mod:`genmeasures.zoo.opening`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ import pandas as pd
 import torch
 
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
-from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
-from genmeasures.measures import MeasureResult, list_measures
+from genmeasures.measures import MeasureResult
 from genmeasures.measures.registry import params_key
 from genmeasures.zoo.checkpoint import (
     EPOCH1_FILE,
@@ -52,9 +53,12 @@ from genmeasures.zoo.checkpoint import (
     load_run,
     write_run,
 )
-from genmeasures.zoo.schema import METRICS, check_schema, create_schema, migrate
+from genmeasures.zoo.opening import migrated, open_database
+from genmeasures.zoo.schema import METRICS, check_schema, create_schema
 from genmeasures.zoo.space import Config, Space, canonical_json
 from genmeasures.zoo.states import ModelState
+from genmeasures.zoo.tables import long_measures, study_table
+from genmeasures.zoo.versions import current_versions
 
 DATABASE_FILE = "zoo.sqlite"
 CHECKPOINT_DIR = "checkpoints"
@@ -141,14 +145,14 @@ class Zoo:
                 "`genmeasures train --preset NAME --out DIR`"
             )
         try:
-            self._connection = self._connect(database)
+            self._connection = open_database(database, self._connect)
             check_schema(self._connection, database)
             stored = self._meta("space")
         except sqlite3.DatabaseError as error:
             raise StudyError(f"{database} is not a readable study database: {error}") from error
         if stored is None:
             raise StudyError(f"{database} has no space: it was not made by genmeasures")
-        migrate(self._connection, database)
+        self._connection = migrated(self._connection, database)
         self.space = Space.from_json(json.loads(stored))
 
     @classmethod
@@ -466,12 +470,15 @@ class Zoo:
 
     # ------------------------------------------------------------------ measures
 
-    def stored_measures(self, model_hash: str) -> set[tuple[str, str]]:
-        """``(name, canonical params JSON)`` of the measure values stored for a model."""
+    def stored_measures(self, model_hash: str) -> dict[tuple[str, str], int | None]:
+        """``(name, canonical params JSON)`` → measure version of a model's stored values.
+
+        The version is None for a value stored before measures had versions (stale).
+        """
         rows = self._connection.execute(
-            "SELECT name, params FROM measures WHERE model = ?", (model_hash,)
+            "SELECT name, params, measure_version FROM measures WHERE model = ?", (model_hash,)
         )
-        return set(rows.fetchall())
+        return {(name, params): version for name, params, version in rows.fetchall()}
 
     def record_measures(self, model_hash: str, results: Iterable[MeasureResult]) -> None:
         """Store measure values of one model in one transaction.
@@ -482,10 +489,11 @@ class Zoo:
             self._insert_measures(model_hash, results)
 
     def _insert_measures(self, model_hash: str, results: Iterable[MeasureResult]) -> None:
-        version = _version()
+        version, measure_versions = _version(), current_versions()
         self._connection.executemany(
             "INSERT OR REPLACE INTO measures (model, name, params, value, log_value, converged, "
-            "seconds, status, message, extra, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "seconds, status, message, extra, version, measure_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     model_hash,
@@ -499,6 +507,7 @@ class Zoo:
                     r.message,
                     canonical_json(json_safe(r.extra)) if r.extra else None,
                     version,
+                    measure_versions[r.name],
                 )
                 for r in results
             ],
@@ -514,49 +523,25 @@ class Zoo:
                 when a measure was computed with several parameter sets).
 
         Returns:
-            A DataFrame indexed by config hash, in grid order. Hyperparameter columns carry the
+            A DataFrame indexed by config hash, in grid order
+            (:func:`~genmeasures.zoo.tables.study_table`). Hyperparameter columns carry the
             grid's names (``lr``, ``width``, ...); metrics are ``train_ce``, ``train_error``,
-            ``test_ce``, ``test_error``, ``gap``, ``steps``, ``seconds``. ``attrs["hparams"]``
-            and ``attrs["measures"]`` name the hyperparameter and measure columns, as
-            :mod:`genmeasures.evaluate` reads them; measures are in the catalog's order.
+            ``test_ce``, ``test_error``, ``gap``, ``steps``, ``seconds``, NaN (like the measure
+            values) for a model that has no trained network (``pending``, ``running``,
+            ``failed``). ``attrs["hparams"]`` and ``attrs["measures"]`` name the
+            hyperparameter and measure columns, as :mod:`genmeasures.evaluate` reads them;
+            measures are in the catalog's order.
         """
-        rows = self._connection.execute(
-            f"SELECT hash, idx, status, hparams, {', '.join(METRICS)} FROM models ORDER BY idx"
-        ).fetchall()
-        hparam_names = list(self.space.grid)
-        records = []
-        for model_hash, index, status, hparams, *metrics in rows:
-            values = json.loads(hparams)
-            records.append(
-                {"hash": model_hash, "index": index, "status": status}
-                | {name: values.get(name) for name in hparam_names}
-                | {m: math.nan if v is None else v for m, v in zip(METRICS, metrics, strict=True)}
-            )
-        frame = pd.DataFrame.from_records(
-            records, columns=["hash", "index", "status", *hparam_names, *METRICS]
-        ).set_index("hash")
-        frame.attrs[HPARAMS_ATTR] = hparam_names
-        if not measures:
-            return frame
-        stored = pd.read_sql_query(
-            "SELECT model, name, value FROM measures ORDER BY rowid", self._connection
-        )
-        wide = stored.drop_duplicates(["model", "name"], keep="last").pivot(
-            index="model", columns="name", values="value"
-        )
-        catalog = {spec.name: position for position, spec in enumerate(list_measures())}
-        wide = wide[sorted(wide.columns, key=lambda name: (catalog.get(name, len(catalog)), name))]
-        frame = frame.join(wide.astype(float))
-        frame.attrs |= {HPARAMS_ATTR: hparam_names, MEASURES_ATTR: list(wide.columns)}
-        return frame
+        return study_table(self._connection, list(self.space.grid), measures=measures)
 
     def measures_table(self) -> pd.DataFrame:
-        """Every stored measure value in long form, with its parameters, status and version."""
-        return pd.read_sql_query(
-            "SELECT model, name, params, value, log_value, converged, seconds, status, message, "
-            "version FROM measures ORDER BY model, name",
-            self._connection,
-        )
+        """Every stored measure value in long form, with its parameters, status and versions.
+
+        ``version`` is the library's, ``measure_version`` the measure's (NaN: stored before
+        measures had versions); ``stale`` says whether the value must be recomputed
+        (:func:`~genmeasures.zoo.versions.is_stale`).
+        """
+        return long_measures(self._connection)
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write :meth:`table` to ``.csv`` or ``.parquet`` (by the file's suffix).

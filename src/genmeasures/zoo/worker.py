@@ -1,11 +1,14 @@
 """What a worker does with a unit of configs: train them and return results, never write.
 
-A unit is a list of configs that share their data, architecture, batch size and optimizer
-(see :func:`genmeasures.zoo.executors.plan_units`); when there are several and the architecture
-allows it they train together in one vmapped batch (:mod:`genmeasures.zoo.batched`), otherwise
-one after another. Each trained model comes back as a :class:`~genmeasures.zoo.store.ModelResult`
-with its weights, records and the optimization-based measures (Jiang et al. 2020, eqs 63-66),
-which need the full training records and are cheapest to compute while the model is in memory.
+A unit is a list of configs that share their data, architecture and the settings that place
+their steps and checks (see :func:`genmeasures.zoo.executors.plan_units`); batched, they train
+together in lockstep (:func:`genmeasures.zoo.batched.train_batched`), otherwise one after another,
+each as a unit of one: the training kernel gives each configuration the same bits either way.
+Everything here runs with one torch thread (:func:`~genmeasures.zoo.batched.one_torch_thread`),
+so that the training measures too are the same bits in every process. Each trained model comes
+back as a :class:`~genmeasures.zoo.store.ModelResult` with its weights, records and the
+optimization-based measures (Jiang et al. 2020, eqs 63-66), which need the full training records
+and are cheapest to compute while the model is in memory.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from torch import nn
 from genmeasures.data import Dataset
 from genmeasures.errors import GenMeasuresWarning
 from genmeasures.measures import compute
-from genmeasures.zoo.batched import batch_incompatibility, train_batched
+from genmeasures.zoo.batched import one_torch_thread, train_batched
 from genmeasures.zoo.checkpoint import model_spec
 from genmeasures.zoo.space import Config
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult
-from genmeasures.zoo.train import TrainingRun, train_to_target
+from genmeasures.zoo.train import TrainingRun
 
 #: Measures computed with the training run and stored with it (Jiang et al. 2020, §3.8).
 TRAINING_MEASURES = (
@@ -94,29 +97,23 @@ def train_unit(
     so a bad config never stops a study.
 
     Args:
-        configs: Configs sharing data, architecture, batch size and optimizer.
+        configs: Configs sharing data, architecture and the settings a unit shares.
         data_root: Folder of file-based datasets (machine-local, not part of any config).
-        batched: Train the unit as one vmapped batch when it has several members and the
-            architecture allows it.
+        batched: Train the unit's configs together; otherwise one after another. Either way
+            each gives the same model.
         emit: Receives each :class:`ModelResult`.
     """
-    try:
-        dataset = _dataset(configs[0], data_root)
-        models = [config.build_model(dataset) for config in configs]
-    except Exception:
-        for config in configs:
-            emit(_failure(config))
-        return
-    if batched and len(configs) > 1 and batch_incompatibility(models[0]) is None:
-        _train_together(configs, models, dataset, emit)
-        return
-    for config, model in zip(configs, models, strict=True):
+    with one_torch_thread():
         try:
-            run = train_to_target(model, dataset, config.training)
-            result = _result(config, run, dataset)
+            dataset = _dataset(configs[0], data_root)
+            models = [config.build_model(dataset) for config in configs]
         except Exception:
-            result = _failure(config)
-        emit(result)
+            for config in configs:
+                emit(_failure(config))
+            return
+        groups = [list(range(len(configs)))] if batched else [[i] for i in range(len(configs))]
+        for group in groups:
+            _train_together([configs[i] for i in group], [models[i] for i in group], dataset, emit)
 
 
 def _train_together(

@@ -14,7 +14,12 @@ from genmeasures.evaluate.report.figures import (
     scores_figure,
     trend_figure,
 )
-from genmeasures.evaluate.report.files import _write_atomic, figure_names
+from genmeasures.evaluate.report.files import (
+    FIGURES_FOLDER,
+    _write_atomic,
+    figure_names,
+    replacing,
+)
 from genmeasures.evaluate.report.formats import summary_json, to_csv, to_latex, trends_csv
 from genmeasures.evaluate.report.pages import _html_page, _markdown_page
 from genmeasures.evaluate.report.tables import (
@@ -27,6 +32,17 @@ from genmeasures.evaluate.report.tables import (
     trend_hparams,
 )
 from genmeasures.evaluate.scoring import Evaluation
+
+#: The files :func:`write_report` writes into its folder, besides the figures.
+REPORT_FILES = frozenset(
+    {
+        *(f"{stem}.{suffix}" for stem in ("ranks", "cmi", "pearson") for suffix in ("csv", "tex")),
+        "trends.csv",
+        "summary.json",
+        "report.md",
+        "report.html",
+    }
+)
 
 
 def _trend_caption(ev: Evaluation, hparam: str) -> str:
@@ -43,9 +59,12 @@ def write_report(
 ) -> Path:
     """Write the tables, figures and pages of an evaluation into ``folder``.
 
-    Files (``folder`` and ``figures/`` are created if missing; each file is written to a
-    temporary name and renamed, so a crash never leaves one half-written, and the pages are
-    written last):
+    The report is written into a new folder beside ``folder`` that then replaces ``folder`` as
+    a whole (:func:`~genmeasures.evaluate.report.files.replacing`): a kill at any point leaves
+    the previous report or the new one, never a mix, and no file of the previous report (e.g.
+    the figure of a measure no longer scored) survives. ``folder`` may be missing (it is
+    created, with its parents), empty or a previous report; a folder holding anything else is
+    refused rather than deleted. Files:
 
     - ``ranks.csv``, ``cmi.csv``, ``pearson.csv``: :func:`rank_table`, :func:`cmi_table`,
       :func:`pearson_table` at full precision, missing values empty;
@@ -71,10 +90,20 @@ def write_report(
 
     Returns:
         The path of ``report.md``.
+
+    Raises:
+        EvaluationError: if ``folder`` holds files that a report does not write, or cannot be
+            created.
     """
-    root = Path(folder)
-    figures_dir = root / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    with replacing(Path(folder), REPORT_FILES) as staging:
+        _write_files(ev, staging, title=title, description=description)
+    return Path(folder) / "report.md"
+
+
+def _write_files(ev: Evaluation, root: Path, *, title: str, description: str) -> None:
+    """Write every file of :func:`write_report` into ``root``, an empty folder."""
+    figures_dir = root / FIGURES_FOLDER
+    figures_dir.mkdir()
     tables = [
         ("Rank correlation (Jiang et al. 2020, table 5)", "ranks", rank_table(ev)),
         ("Conditional mutual information (Jiang et al. 2020, table 6)", "cmi", cmi_table(ev)),
@@ -90,7 +119,7 @@ def write_report(
     def add(caption: str, name: str, figure: Figure) -> None:
         png = figure_png(figure)
         _write_atomic(figures_dir / name, png)
-        figures.append((caption, f"figures/{name}", png))
+        figures.append((caption, f"{FIGURES_FOLDER}/{name}", png))
 
     add("Ψ and K per measure, with the oracle and random levels", "scores.png", scores_figure(ev))
     add("Population summary (Jiang et al. 2020, figure 1)", "population.png", population_figure(ev))
@@ -105,4 +134,3 @@ def write_report(
     page = (title, description, ev, pairs, figures, population)
     _write_atomic(root / "report.md", _markdown_page(*page))
     _write_atomic(root / "report.html", _html_page(*page))
-    return root / "report.md"

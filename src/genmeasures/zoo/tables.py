@@ -1,0 +1,95 @@
+"""A study database read as tables: one row per model (:func:`study_table`) or per value.
+
+:meth:`Zoo.table <genmeasures.zoo.store.Zoo.table>` and :meth:`Zoo.measures_table
+<genmeasures.zoo.store.Zoo.measures_table>` return these. A row presents metrics and measure
+values only for a model whose training ran to an outcome and left a network (``done``,
+``not-converged``, ``diverged``: :attr:`ModelState.is_trained
+<genmeasures.zoo.states.ModelState.is_trained>`): a model sent back to ``pending`` (e.g. by a
+corrupt checkpoint), being trained again or ``failed`` shows NaN, whatever an earlier run left
+in its row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pandas as pd
+
+from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
+from genmeasures.measures import list_measures
+from genmeasures.zoo.schema import METRICS
+from genmeasures.zoo.states import ModelState
+from genmeasures.zoo.versions import current_versions, is_stale
+
+__all__ = ["long_measures", "study_table"]
+
+
+def study_table(
+    connection: sqlite3.Connection, hparam_names: list[str], *, measures: bool = True
+) -> pd.DataFrame:
+    """One row per model: hash, status, hyperparameters, metrics and measure values.
+
+    Args:
+        connection: The study's database.
+        hparam_names: The grid's keys, one column each.
+        measures: Add one column per stored measure name (the most recently stored value
+            when a measure was computed with several parameter sets).
+
+    Returns:
+        The table of :meth:`Zoo.table <genmeasures.zoo.store.Zoo.table>`.
+    """
+    rows = connection.execute(
+        f"SELECT hash, idx, status, hparams, {', '.join(METRICS)} FROM models ORDER BY idx"
+    ).fetchall()
+    records = [
+        {"hash": model_hash, "index": index, "status": status}
+        | {name: json.loads(hparams).get(name) for name in hparam_names}
+        | dict(zip(METRICS, metrics, strict=True))
+        for model_hash, index, status, hparams, *metrics in rows
+    ]
+    frame = pd.DataFrame.from_records(
+        records, columns=["hash", "index", "status", *hparam_names, *METRICS]
+    ).set_index("hash")
+    frame[list(METRICS)] = frame[list(METRICS)].astype(float)
+    names: list[str] = []
+    if measures:
+        wide = _wide_measures(connection)
+        frame, names = frame.join(wide), list(wide.columns)
+        frame.attrs[MEASURES_ATTR] = names
+    frame.attrs[HPARAMS_ATTR] = hparam_names
+    untrained = ~frame["status"].map(lambda status: ModelState(status).is_trained)
+    frame.loc[untrained, [*METRICS, *names]] = float("nan")
+    return frame
+
+
+def _wide_measures(connection: sqlite3.Connection) -> pd.DataFrame:
+    """Model × measure name: the most recently stored value, measures in the catalog's order."""
+    stored = pd.read_sql_query("SELECT model, name, value FROM measures ORDER BY rowid", connection)
+    wide = stored.drop_duplicates(["model", "name"], keep="last").pivot(
+        index="model", columns="name", values="value"
+    )
+    catalog = {spec.name: position for position, spec in enumerate(list_measures())}
+    order = sorted(wide.columns, key=lambda name: (catalog.get(name, len(catalog)), name))
+    return wide[order].astype(float)
+
+
+def long_measures(connection: sqlite3.Connection) -> pd.DataFrame:
+    """Every stored measure value in long form, with its parameters, status and versions.
+
+    Returns:
+        Columns ``model, name, params, value, log_value, converged, seconds, status, message,
+        version`` (the library's), ``measure_version`` (the measure's; NaN for a value stored
+        before measures had versions) and ``stale`` (:func:`~genmeasures.zoo.versions.is_stale`).
+    """
+    long = pd.read_sql_query(
+        "SELECT model, name, params, value, log_value, converged, seconds, status, message, "
+        "version, measure_version FROM measures ORDER BY model, name",
+        connection,
+    )
+    versions = current_versions()
+    long["stale"] = [
+        is_stale(None if pd.isna(stored) else int(stored), versions.get(name))
+        for name, stored in zip(long["name"], long["measure_version"], strict=True)
+    ]
+    return long
