@@ -112,7 +112,7 @@ def test_write_report_names_a_folder_it_cannot_create(tmp_path: Path) -> None:
     table = pd.read_csv(small_table(tmp_path / "results.csv"))
     evaluation = score_table(table, ["sharpness"], hparams=["lr", "width"], draws=1)
     (tmp_path / "file").write_text("")
-    with pytest.raises(EvaluationError, match=r"report folder .*Not a directory"):
+    with pytest.raises(ReportError, match=r"'.*file' is a file, not a folder \(Not a directory"):
         write_report(evaluation, tmp_path / "file" / "report", title="t")
     assert write_report(evaluation, tmp_path / "a" / "b", title="t").is_file()
 

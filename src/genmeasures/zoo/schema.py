@@ -22,6 +22,7 @@ History:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from functools import cache
 from importlib import metadata
@@ -124,27 +125,45 @@ def check_schema(connection: sqlite3.Connection, database: Path) -> int:
             f"{SCHEMA_VERSION}, the newest this genmeasures ({_installed()}) reads; upgrade "
             "genmeasures (pip install -U genmeasures) to open it"
         )
-    _check_tables(connection, database)
+    _check_tables(connection, database, version)
     return version
 
 
+#: A column a migration adds: absent from the studies of the versions before it.
+_ADDED_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
 @cache
-def _tables() -> dict[str, tuple[str, ...]]:
-    """Table → columns of :data:`SCHEMA` (every version so far has these tables)."""
+def _tables(version: int) -> dict[str, tuple[str, ...]]:
+    """Table → columns of a study of ``version``.
+
+    Those of :data:`SCHEMA` but the columns the migrations from ``version`` on add (so far
+    migrations only add columns; one that does more must be reflected here).
+    """
+    added = {
+        match
+        for step in range(version, SCHEMA_VERSION)
+        for statement in MIGRATIONS[step]
+        for match in _ADDED_COLUMN.findall(statement)
+    }
     reference = sqlite3.connect(":memory:")
     reference.executescript(SCHEMA)
     names = reference.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     tables = {
-        name: tuple(row[1] for row in reference.execute(f"PRAGMA table_info({name})"))
+        name: tuple(
+            column
+            for (column,) in reference.execute(f"SELECT name FROM pragma_table_info('{name}')")
+            if (name, column) not in added
+        )
         for (name,) in names
     }
     reference.close()
     return tables
 
 
-def _check_tables(connection: sqlite3.Connection, database: Path) -> None:
+def _check_tables(connection: sqlite3.Connection, database: Path, version: int) -> None:
     """Refuse a database that lacks a table or column of a study (another program's, say)."""
-    for table, columns in _tables().items():
+    for table, columns in _tables(version).items():
         found = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
         if any(column not in found for column in columns):
             received = f"a table of the columns {', '.join(found)}" if found else "no such table"
