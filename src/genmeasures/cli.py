@@ -31,7 +31,7 @@ from genmeasures import __version__
 from genmeasures.data import Dataset, list_datasets, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.evaluate import Evaluation, read_table, score_table
-from genmeasures.evaluate.report import format_summary, write_report
+from genmeasures.evaluate.report import check_report_folder, format_summary, write_report
 from genmeasures.evaluate.table import MEASURES_ATTR
 from genmeasures.measures import MeasureSpec, Results, compute, get_measure, list_measures
 from genmeasures.measures.registry import resolve_measures
@@ -216,7 +216,10 @@ def _cores() -> int:
 
 def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--report", type=Path, default=None, help="report folder (default: STUDY/report)"
+        "--report",
+        type=_report_folder,
+        default=None,
+        help="report folder (default: STUDY/report)",
     )
     parser.add_argument(
         "--draws", type=int, default=10, help="draws averaged per oracle row (default 10)"
@@ -228,6 +231,14 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         help="seed of the baselines: the oracles' noise and the random measure (default 0); "
         "it seeds no model",
     )
+
+
+def _report_folder(text: str) -> Path:
+    """The type of --report: a folder that exists or can be created, refused before any work."""
+    try:
+        return check_report_folder(text)
+    except GenMeasuresError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _measure_row(spec: MeasureSpec) -> dict[str, str]:

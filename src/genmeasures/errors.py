@@ -49,6 +49,10 @@ class EvaluationError(GenMeasuresError, ValueError):
     """A table cannot be scored (names the column, what was expected and what was received)."""
 
 
+class ReportError(EvaluationError):
+    """A report folder cannot be created or written (names the folder and the system's reason)."""
+
+
 class TrainingError(GenMeasuresError, ValueError):
     """A training configuration or a training input is invalid."""
 

@@ -18,6 +18,19 @@ def test_registry_lists_every_dataset():
     assert Dataset is genmeasures.data.dataset.Dataset
 
 
+@pytest.mark.parametrize("name", ["cifar10", "digits", "mnist", "mnist1d", "svhn"])
+def test_each_dataset_declares_the_shape_and_classes_its_loader_returns(name, tmp_path, writers):
+    """A space sizes its models from the declaration, before any data is read."""
+    write = {"cifar10": writers.cifar, "mnist": writers.mnist, "svhn": writers.svhn}.get(name)
+    if write is not None:
+        write(tmp_path)
+    options = {"num_samples": 200} if name == "mnist1d" else {}
+    data = load_dataset(name, root=tmp_path, **options)
+    assert data.input_shape == DATASETS[name].input_shape
+    assert data.num_classes == DATASETS[name].num_classes
+    assert tuple(data.train[0].shape[1:]) == data.input_shape
+
+
 def test_unknown_name_lists_available_names():
     message = (
         "load_dataset: name expected one of 'cifar10', 'digits', 'mnist', 'mnist1d', 'svhn', "

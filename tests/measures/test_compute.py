@@ -165,7 +165,8 @@ def test_bad_arguments_are_rejected_with_what_was_expected(kwargs, message, data
 
 def test_label_out_of_range_for_the_model_is_an_error():
     inputs = torch.zeros(4, 5, dtype=torch.float64)
-    with pytest.raises(gm.MeasureError, match="label 7 is out of range for a model with 3 outputs"):
+    expected = r"labels in \[0, 3\) \(the model has 3 outputs\), received data with labels up to 7"
+    with pytest.raises(gm.MeasureError, match=expected):
         gm.compute(tiny_mlp(), (inputs, torch.tensor([0, 1, 7, 2])), measures="cross-entropy")
 
 

@@ -25,9 +25,24 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from genmeasures.data import transforms
-from genmeasures.data.builtin import load_digits, load_mnist1d
+from genmeasures.data.builtin import (
+    DIGITS_NUM_CLASSES,
+    DIGITS_SHAPE,
+    MNIST1D_LENGTH,
+    MNIST1D_NUM_CLASSES,
+    load_digits,
+    load_mnist1d,
+)
 from genmeasures.data.dataset import Dataset
-from genmeasures.data.files import load_cifar10, load_mnist, load_svhn
+from genmeasures.data.files import (
+    CIFAR10_SHAPE,
+    MNIST_SHAPE,
+    NUM_CLASSES,
+    SVHN_SHAPE,
+    load_cifar10,
+    load_mnist,
+    load_svhn,
+)
 from genmeasures.errors import DataError
 from genmeasures.validation import Flag, Maybe, OneOf, Settings, build, check, rejection, setting
 
@@ -52,6 +67,9 @@ class DatasetSpec:
             unless ``root`` is ``"unused"``, then as ``loader(**options)``.
         root: What ``root`` means: ``"required"`` (folder holding the files), ``"cache"``
             (optional cache folder of generated data) or ``"unused"`` (ignored).
+        input_shape: The shape of one input example, as the loader returns it (known without
+            loading, e.g. to size a model before any data is read).
+        num_classes: The number of classes, likewise.
         options: Names of the generator options the loader accepts as keyword arguments.
     """
 
@@ -59,6 +77,8 @@ class DatasetSpec:
     description: str
     loader: Callable[..., Dataset]
     root: Literal["required", "cache", "unused"]
+    input_shape: tuple[int, ...]
+    num_classes: int
     options: tuple[str, ...] = ()
 
 
@@ -72,6 +92,8 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
                 "MNIST-1D, generated procedurally (40 features, 10 classes); root: cache folder",
                 load_mnist1d,
                 "cache",
+                (MNIST1D_LENGTH,),
+                MNIST1D_NUM_CLASSES,
                 ("num_samples", "seed"),
             ),
             DatasetSpec(
@@ -79,18 +101,32 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
                 "scikit-learn's bundled 8x8 digits (1797 images, 10 classes)",
                 load_digits,
                 "unused",
+                DIGITS_SHAPE,
+                DIGITS_NUM_CLASSES,
             ),
             DatasetSpec(
-                "mnist", "MNIST from idx files (optionally .gz) in root", load_mnist, "required"
+                "mnist",
+                "MNIST from idx files (optionally .gz) in root",
+                load_mnist,
+                "required",
+                MNIST_SHAPE,
+                NUM_CLASSES,
             ),
             DatasetSpec(
                 "cifar10",
                 "CIFAR-10 from the python pickle batches in root",
                 load_cifar10,
                 "required",
+                CIFAR10_SHAPE,
+                NUM_CLASSES,
             ),
             DatasetSpec(
-                "svhn", "SVHN cropped digits from the .mat files in root", load_svhn, "required"
+                "svhn",
+                "SVHN cropped digits from the .mat files in root",
+                load_svhn,
+                "required",
+                SVHN_SHAPE,
+                NUM_CLASSES,
             ),
         )
     }

@@ -29,6 +29,8 @@ from genmeasures.validation import Integer, check
 
 MNIST1D_NUM_CLASSES = 10
 MNIST1D_LENGTH = 40
+DIGITS_SHAPE = (1, 8, 8)
+DIGITS_NUM_CLASSES = 10
 _CACHE_KEYS = ("x", "y", "x_test", "y_test")
 
 
@@ -141,8 +143,8 @@ def load_digits() -> Dataset:
         name="digits",
         train=(torch.from_numpy(x_train), torch.from_numpy(y_train)),
         test=(torch.from_numpy(x_test), torch.from_numpy(y_test)),
-        num_classes=10,
-        input_shape=(1, 8, 8),
+        num_classes=DIGITS_NUM_CLASSES,
+        input_shape=DIGITS_SHAPE,
         preprocessing={
             "source": {
                 "loader": "sklearn.datasets.load_digits",

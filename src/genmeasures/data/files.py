@@ -62,7 +62,11 @@ CIFAR_ALLOWED_GLOBALS: Mapping[tuple[str, str], Callable[..., Any]] = MappingPro
 )
 
 _IDX_UNSIGNED_BYTE = 0x08
-_NUM_CLASSES = 10
+#: Every file dataset (MNIST, CIFAR-10, SVHN) has ten classes.
+NUM_CLASSES = 10
+MNIST_SHAPE = (1, 28, 28)
+CIFAR10_SHAPE = (3, 32, 32)
+SVHN_SHAPE = (3, 32, 32)
 
 
 def load_mnist(root: str | os.PathLike[str]) -> Dataset:
@@ -97,15 +101,15 @@ def load_mnist(root: str | os.PathLike[str]) -> Dataset:
                 f"{images_path} and {labels_path}: expected as many labels as images, found "
                 f"{images.shape[0]} images and {labels.shape[0]} labels."
             )
-        _check_label_range(labels, labels_path, 0, _NUM_CLASSES - 1)
+        _check_label_range(labels, labels_path, 0, NUM_CLASSES - 1)
         splits[split] = (_to_unit_float(images[:, None, :, :]), _to_labels(labels))
         files += [str(images_path), str(labels_path)]
     return Dataset(
         name="mnist",
         train=splits["train"],
         test=splits["test"],
-        num_classes=_NUM_CLASSES,
-        input_shape=(1, 28, 28),
+        num_classes=NUM_CLASSES,
+        input_shape=MNIST_SHAPE,
         preprocessing={"source": {"files": files, "scaling": "x / 255"}},
     )
 
@@ -146,8 +150,8 @@ def load_cifar10(root: str | os.PathLike[str]) -> Dataset:
         name="cifar10",
         train=(_to_unit_float(train_images), _to_labels(train_labels)),
         test=(_to_unit_float(test[0]), _to_labels(test[1])),
-        num_classes=_NUM_CLASSES,
-        input_shape=(3, 32, 32),
+        num_classes=NUM_CLASSES,
+        input_shape=CIFAR10_SHAPE,
         preprocessing={
             "source": {
                 "files": [str(folder / name) for name in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)],
@@ -183,8 +187,8 @@ def load_svhn(root: str | os.PathLike[str]) -> Dataset:
         name="svhn",
         train=splits["train"],
         test=splits["test"],
-        num_classes=_NUM_CLASSES,
-        input_shape=(3, 32, 32),
+        num_classes=NUM_CLASSES,
+        input_shape=SVHN_SHAPE,
         preprocessing={
             "source": {
                 "files": [str(folder / name) for name in SVHN_FILES.values()],
@@ -308,7 +312,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: expected as many labels as images, found {images.shape[0]} images and "
             f"{labels.shape[0]} labels."
         )
-    _check_label_range(labels, path, 0, _NUM_CLASSES - 1)
+    _check_label_range(labels, path, 0, NUM_CLASSES - 1)
     return images.reshape(-1, 3, 32, 32), labels
 
 

@@ -38,6 +38,7 @@ from genmeasures.evaluate.table import (
     level_codes,
     numeric_column,
     require_columns,
+    require_rows,
     resolve_hparams,
 )
 
@@ -190,9 +191,11 @@ def score_table(
         An :class:`Evaluation`.
 
     Raises:
-        EvaluationError: For a missing column, no measure, a named measure with fewer than 2
-            finite values, fewer than 2 finished models, or a bad canonical order.
+        EvaluationError: For a table without rows, a missing column, no measure, a named measure
+            with fewer than 2 finite values, fewer than 2 finished models, or a bad canonical
+            order.
     """
+    require_rows(table, "score_table")
     names = resolve_hparams(table, hparams)
     clashes = [name for name in names if name in (*RANK_COLUMNS, *CMI_COLUMNS)]
     if clashes:

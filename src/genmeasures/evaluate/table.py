@@ -183,13 +183,24 @@ def grid_coverage(hparams: pd.DataFrame) -> tuple[int, int]:
     return present, full
 
 
+def require_rows(table: pd.DataFrame, where: str) -> None:
+    """Raise EvaluationError if ``table`` has no row; ``where`` names it (a file, a function)."""
+    if len(table) == 0:
+        columns = ", ".join(map(str, table.columns)) or "none"
+        raise EvaluationError(
+            f"{where}: table expected one row per trained model (scoring needs at least 2 "
+            f"finished models), received 0 rows and {len(table.columns)} columns ({columns})."
+        )
+
+
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a scoring table from a ``.csv`` or ``.parquet`` file.
 
     Any such table works: ``genmeasures show --export``'s, or one from another lab.
 
     Raises:
-        EvaluationError: If the file is missing, has another suffix or cannot be parsed.
+        EvaluationError: If the file is missing, has another suffix, is empty, cannot be parsed
+            or holds no row.
     """
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
@@ -197,6 +208,13 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not path.is_file():
         raise EvaluationError(f"table file {str(path)!r} does not exist")
     try:
-        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError as error:
+        raise EvaluationError(
+            f"{str(path)!r}: table expected a header row naming the columns, then one row per "
+            "trained model, received an empty file."
+        ) from error
     except (ValueError, OSError, ImportError) as error:
         raise EvaluationError(f"cannot read table {str(path)!r}: {error}") from error
+    require_rows(table, repr(str(path)))
+    return table

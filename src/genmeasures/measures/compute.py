@@ -21,7 +21,13 @@ from genmeasures.errors import (
     UnsupportedLayerError,
 )
 from genmeasures.measures.context import MeasureContext
-from genmeasures.measures.inputs import OutputFn, computation_dtype, resolve_device
+from genmeasures.measures.inputs import (
+    OutputFn,
+    check_input_shape,
+    check_labels,
+    computation_dtype,
+    resolve_device,
+)
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
 from genmeasures.measures.result import MeasureResult, Results, UndefinedMeasure
 from genmeasures.validation import Integer, Settings, check
@@ -82,7 +88,11 @@ def compute(
         warning.
 
     Raises:
-        MeasureError: for bad arguments, unknown measure names or options.
+        MeasureError: for bad arguments, unknown measure names or options, or data that do not
+            fit the model (inputs of another shape than ``model.input_shape``, a number of
+            classes other than the model's outputs, labels out of range), before any measure
+            runs.
+        ModelError: for a model whose forward pass fails on one example of the data.
         MissingInputError: if a measure named explicitly lacks an input it needs.
         UnsupportedLayerError: if a measure named explicitly needs folding that is impossible.
     """
@@ -101,6 +111,9 @@ def compute(
         error=MeasureError,
     )
     inputs, labels = _training_set(data)
+    source = f"dataset {data.name!r}" if isinstance(data, Dataset) else "data"
+    if inputs is not None:
+        check_input_shape(model, inputs, source)
     selected = resolve_measures(measures)
     specs = [spec for spec, _ in selected]
     options_by_name = _canonical_options(specs, options or {})
@@ -124,6 +137,14 @@ def compute(
         dtype=dtype,
         output_fn=output_fn,
     )
+    if inputs is not None and labels is not None:
+        check_labels(
+            ctx.model,
+            ctx.inputs,
+            ctx.labels,
+            source,
+            data.num_classes if isinstance(data, Dataset) else None,
+        )
     results = []
     for index, (spec, explicit) in enumerate(selected):
         results.append(_run_one(spec, ctx, options_by_name[spec.name], explicit=explicit))

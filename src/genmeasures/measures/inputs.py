@@ -17,7 +17,15 @@ from torch import nn
 
 from genmeasures.errors import GenMeasuresWarning, MeasureError, ModelError
 
-__all__ = ["LogitsOf", "OutputFn", "computation_dtype", "logits_selector", "resolve_device"]
+__all__ = [
+    "LogitsOf",
+    "OutputFn",
+    "check_input_shape",
+    "check_labels",
+    "computation_dtype",
+    "logits_selector",
+    "resolve_device",
+]
 
 #: Selects the logits ``(N, classes)`` from whatever the model's forward returns.
 OutputFn = Callable[[Any], torch.Tensor]
@@ -103,6 +111,71 @@ def computation_dtype(model: nn.Module) -> torch.dtype:
     return dtype
 
 
+def check_input_shape(model: nn.Module, inputs: torch.Tensor, source: str) -> None:
+    """The data's examples have the shape the model was built for, when the model records it.
+
+    A model from :func:`genmeasures.build_model` (or a model spec) records the shape of one input
+    as ``model.input_shape``; a model without it is not checked here (a forward pass that fails
+    is reported by :func:`logits_selector`).
+
+    Args:
+        model: The network.
+        inputs: The training inputs ``(m, *input_shape)``.
+        source: The data as named in messages (``"dataset 'mnist1d'"``).
+
+    Raises:
+        MeasureError: naming both shapes and the data.
+    """
+    expected = getattr(model, "input_shape", None)
+    if not isinstance(expected, tuple | list) or not all(isinstance(n, int) for n in expected):
+        return
+    received = tuple(inputs.shape[1:])
+    if tuple(expected) != received:
+        raise MeasureError(
+            f"compute: data expected inputs of shape {tuple(expected)} per example (the "
+            f"model's input_shape, the shape it was built for), received {source} with inputs "
+            f"of shape {received}."
+        )
+
+
+def check_labels(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    source: str,
+    num_classes: int | None,
+) -> None:
+    """The model has one output per class of the data; checked on one example's logits.
+
+    Args:
+        model: The network, returning logits (the measure context's eval-mode copy).
+        inputs: The training inputs.
+        labels: The training labels.
+        source: The data as named in messages.
+        num_classes: The classes the data declares (a :class:`~genmeasures.data.Dataset`'s),
+            or None: then only the labels must be below the number of outputs.
+
+    Raises:
+        MeasureError: naming the model's number of outputs and the data's classes or labels.
+    """
+    with torch.no_grad():
+        logits = model(inputs[:1])
+    if logits.ndim != 2:
+        return  # reported with the logits' shape by the first measure that reads them
+    outputs = logits.shape[1]
+    if num_classes is not None and num_classes != outputs:
+        raise MeasureError(
+            f"compute: data expected {outputs} classes (the model has {outputs} outputs), "
+            f"received {source} with {num_classes} classes."
+        )
+    largest = int(labels.max())
+    if largest >= outputs:
+        raise MeasureError(
+            f"compute: data expected labels in [0, {outputs}) (the model has {outputs} "
+            f"outputs), received {source} with labels up to {largest}."
+        )
+
+
 def logits_selector(
     model: nn.Module, example: torch.Tensor, output_fn: OutputFn | None
 ) -> OutputFn | None:
@@ -113,12 +186,20 @@ def logits_selector(
     a tensor gives that element. ``output_fn``, when given, is used as it is.
 
     Raises:
-        ModelError: for any other output, naming its type and the ``output_fn`` option.
+        ModelError: for a forward pass that fails on ``example`` (naming its shape), or any other
+            output, naming its type and the ``output_fn`` option.
     """
     if output_fn is not None:
         return output_fn
-    with torch.no_grad():
-        output = model(example)
+    try:
+        with torch.no_grad():
+            output = model(example)
+    except RuntimeError as error:
+        raise ModelError(
+            f"model {type(model).__name__}: a forward pass on one example of the data (shape "
+            f"{tuple(example.shape[1:])}) failed: {error}. Are the data those the model was "
+            "built for?"
+        ) from error
     if isinstance(output, torch.Tensor):
         return None
     if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):

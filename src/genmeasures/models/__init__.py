@@ -1,6 +1,7 @@
 """Model builders (``mlp``, ``lenet``, ``nin``, ``wrn``) and the network surgery the measures need.
 
-- :func:`build_model` / :func:`list_models` / :func:`default_hparams` /
+- :func:`build_model` / :func:`build_meta_model` (the same on the ``meta`` device, to size a
+  model without building it) / :func:`list_models` / :func:`default_hparams` /
   :func:`hyperparameters` (each model's hyperparameters declared with
   :mod:`genmeasures.validation` constraints): the model registry (``builders``).
 - :func:`fold_batchnorm` (``folding``): merge every BatchNorm into the Linear/Conv layer before
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from genmeasures.models.architecture import Architecture, describe
 from genmeasures.models.builders import (
+    build_meta_model,
     build_model,
     default_hparams,
     hyperparameters,
@@ -31,6 +33,7 @@ __all__ = [
     "Architecture",
     "ConvGeometry",
     "WeightLayer",
+    "build_meta_model",
     "build_model",
     "default_hparams",
     "describe",

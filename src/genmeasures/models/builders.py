@@ -55,6 +55,7 @@ __all__ = [
     "PostActBasicBlock",
     "PreActBasicBlock",
     "WRNHyperparameters",
+    "build_meta_model",
     "build_model",
     "default_hparams",
     "hyperparameters",
@@ -505,6 +506,50 @@ def build_model(
             ``num_classes`` or an input shape the model cannot take; the message names the model,
             the parameter, what was expected and what was received.
     """
+    checked = _checked(name, input_shape, num_classes, hparams)
+    with _seeded(checked.seed):
+        model = checked.build()
+    model.input_shape = checked.input_shape
+    return model
+
+
+def build_meta_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **hparams: object
+) -> nn.Module:
+    """The model :func:`build_model` builds, on the ``meta`` device: shapes without values.
+
+    It takes no memory for its parameters and little time (no initialization is computed), so
+    a model's size can be known before it is built: ``sum(p.numel() for p in m.parameters())``.
+
+    Raises:
+        ModelError: As :func:`build_model`.
+        RuntimeError: If a tensor of the model would have more than ``2**63`` bytes (torch's
+            storage size overflows).
+    """
+    checked = _checked(name, input_shape, num_classes, hparams)
+    with torch.device("meta"):
+        model = checked.build()
+    model.input_shape = checked.input_shape
+    return model
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The arguments of a build, checked and canonical."""
+
+    spec: _ModelSpec
+    input_shape: tuple[int, ...]
+    num_classes: int
+    seed: int | None
+    hparams: dict[str, object]
+
+    def build(self) -> nn.Module:
+        return self.spec.build(self.input_shape, self.num_classes, **self.hparams)
+
+
+def _checked(
+    name: str, input_shape: Sequence[int], num_classes: int, hparams: dict[str, object]
+) -> _Checked:
     spec = _spec(name)
     where = f"model {name!r}"
     shape = check(input_shape, _INPUT_SHAPE, where=where, parameter="input_shape", error=ModelError)
@@ -523,7 +568,4 @@ def build_model(
                 f"accepted: {', '.join(sorted([*known, 'seed']))}.{hint}"
             )
     kwargs = build(spec.hparams, given).as_dict()
-    with _seeded(seed):
-        model = spec.build(shape, num_classes, **kwargs)
-    model.input_shape = shape
-    return model
+    return _Checked(spec, shape, num_classes, seed, kwargs)

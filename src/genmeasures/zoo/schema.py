@@ -22,7 +22,9 @@ History:
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -112,7 +114,8 @@ def check_schema(connection: sqlite3.Connection, database: Path) -> int:
         The stored version (:func:`stored_version`).
 
     Raises:
-        StudyError: for a study of a newer schema, naming both versions.
+        StudyError: for a study of a newer schema, naming both versions, or a database whose
+            tables are not a study's (naming the first table or column that differs).
         sqlite3.DatabaseError: if the file is not a readable SQLite database.
     """
     version = stored_version(connection)
@@ -122,7 +125,53 @@ def check_schema(connection: sqlite3.Connection, database: Path) -> int:
             f"{SCHEMA_VERSION}, the newest this genmeasures ({_installed()}) reads; upgrade "
             "genmeasures (pip install -U genmeasures) to open it"
         )
+    _check_tables(connection, database, version)
     return version
+
+
+#: A column a migration adds: absent from the studies of the versions before it.
+_ADDED_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+@cache
+def _tables(version: int) -> dict[str, tuple[str, ...]]:
+    """Table → columns of a study of ``version``.
+
+    Those of :data:`SCHEMA` but the columns the migrations from ``version`` on add (so far
+    migrations only add columns; one that does more must be reflected here).
+    """
+    added = {
+        match
+        for step in range(version, SCHEMA_VERSION)
+        for statement in MIGRATIONS[step]
+        for match in _ADDED_COLUMN.findall(statement)
+    }
+    reference = sqlite3.connect(":memory:")
+    reference.executescript(SCHEMA)
+    names = reference.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    tables = {
+        name: tuple(
+            column
+            for (column,) in reference.execute(f"SELECT name FROM pragma_table_info('{name}')")
+            if (name, column) not in added
+        )
+        for (name,) in names
+    }
+    reference.close()
+    return tables
+
+
+def _check_tables(connection: sqlite3.Connection, database: Path, version: int) -> None:
+    """Refuse a database that lacks a table or column of a study (another program's, say)."""
+    for table, columns in _tables(version).items():
+        found = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+        if any(column not in found for column in columns):
+            received = f"a table of the columns {', '.join(found)}" if found else "no such table"
+            raise StudyError(
+                f"{database}: table {table!r} expected the columns {', '.join(columns)} of a "
+                f"genmeasures study, received {received}: the file is not a study's database "
+                "(made by another program, or damaged)"
+            )
 
 
 def migrate(connection: sqlite3.Connection, database: Path) -> int:

@@ -18,9 +18,12 @@ Every name is importable from here; the modules hold:
 - :mod:`~genmeasures.evaluate.report.figures`: the figures, drawn without pyplot;
 - :mod:`~genmeasures.evaluate.report.pages`: ``report.md`` and ``report.html``;
 - :mod:`~genmeasures.evaluate.report.files`: figure file names and atomic writing;
+- :mod:`~genmeasures.evaluate.report.destination`: the report folder, checked before any work
+  (:func:`check_report_folder`);
 - :mod:`~genmeasures.evaluate.report.folder`: :func:`write_report`.
 """
 
+from genmeasures.evaluate.report.destination import check_report_folder
 from genmeasures.evaluate.report.figures import (
     DPI,
     LOG_SPAN,
@@ -77,6 +80,7 @@ __all__ = [
     "TREND_COLUMNS",
     "TREND_NAME_WIDTH",
     "TREND_PANELS_PER_ROW",
+    "check_report_folder",
     "cmi_table",
     "figure_names",
     "figure_png",

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from genmeasures.errors import EvaluationError
+from genmeasures.evaluate.report.destination import check_report_folder
 
 _SLUG_BAD = re.compile(r"[^a-z0-9._-]+")
 
@@ -101,6 +102,7 @@ def replacing(folder: Path, report_files: Collection[str]) -> Iterator[Path]:
     """
     folder = Path(folder).absolute()
     _check_replaceable(folder, report_files)
+    check_report_folder(folder)  # a file in the way is named, not reported as "File exists"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(folder)

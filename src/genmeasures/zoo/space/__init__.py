@@ -58,8 +58,9 @@ hyperparameters, training, seed), :mod:`~genmeasures.zoo.space.config` (:class:`
 canonical JSON and hash), :mod:`~genmeasures.zoo.space.grid` (:class:`Space`: the product,
 per-optimizer levels, canonical ranks), :mod:`~genmeasures.zoo.space.canonical` (the canonical
 orders of the hyperparameter types), :mod:`~genmeasures.zoo.space.reading` (TOML, presets,
-:func:`space_from_dict`, :func:`load_space`) and :mod:`~genmeasures.zoo.space.checks` (how a value
-is checked and a rejection reported).
+:func:`space_from_dict`, :func:`load_space`), :mod:`~genmeasures.zoo.space.memory` (whether each
+configuration's model can be trained in this machine's memory, checked when a space is read) and
+:mod:`~genmeasures.zoo.space.checks` (how a value is checked and a rejection reported).
 """
 
 from __future__ import annotations

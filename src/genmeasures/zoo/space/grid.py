@@ -241,10 +241,14 @@ class Space:
     def from_json(cls, data: Mapping[str, Any] | str, *, source: str = "space JSON") -> Space:
         """Rebuild (and validate) a space from :meth:`to_json` output (a dict or JSON string).
 
+        The space is read back as stored: its models are not checked against this machine's
+        memory (:func:`~genmeasures.zoo.space.reading.read_space`), so that a study trained
+        elsewhere can be opened here.
+
         Raises:
             SpaceError: If the content is not a valid space.
         """
-        from genmeasures.zoo.space.reading import space_from_dict  # reading builds a Space
+        from genmeasures.zoo.space.reading import read_space  # reading builds a Space
 
         if isinstance(data, str):
             data = json.loads(data)
@@ -256,7 +260,7 @@ class Space:
             if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in grid):
                 fail(source, "grid", grid, "a list of [key, values] pairs")
             content["grid"] = {str(key): values for key, values in grid}
-        return space_from_dict(content, source=source)
+        return read_space(content, source=source)
 
 
 def _difference(key: str, a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> str:

@@ -22,6 +22,7 @@ from genmeasures.validation import Declared
 from genmeasures.zoo.space.canonical import read_canonical
 from genmeasures.zoo.space.checks import close, fail, parse, parse_list, show
 from genmeasures.zoo.space.grid import Space
+from genmeasures.zoo.space.memory import check_memory
 from genmeasures.zoo.space.settings import (
     FIXED_ONLY,
     PER_OPTIMIZER,
@@ -35,7 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["list_presets", "load_space", "space_from_dict"]
+__all__ = ["list_presets", "load_space", "read_space", "space_from_dict"]
 
 _SECTIONS = ("fixed", "grid", "canonical")
 _TOP_LEVEL = ("name", "description", "measures", *_SECTIONS)
@@ -45,6 +46,9 @@ def space_from_dict(
     data: Mapping[str, Any], *, source: str = "<dict>", name: str | None = None
 ) -> Space:
     """Validate a space given as a dict (the TOML document's structure) and build it.
+
+    Besides every value, the configurations' models are checked to fit in this machine's memory
+    (:func:`~genmeasures.zoo.space.memory.check_memory`), before any is trained.
 
     Args:
         data: ``{"description": str, "fixed": {...}, "grid": {...}, "canonical": {...}}``, and
@@ -60,7 +64,19 @@ def space_from_dict(
             matches), an empty list, a value of the wrong type or out of range, an unknown
             optimizer, dataset or model, a per-optimizer table with an unknown optimizer, lists of
             unequal length or a missing optimizer, a key both fixed and varied, duplicate values,
-            or an invalid ``[canonical]`` entry.
+            an invalid ``[canonical]`` entry, or a configuration whose model cannot be built for
+            the dataset or cannot be trained in this machine's memory (naming how much it needs
+            and how much there is).
+    """
+    space = read_space(data, source=source, name=name)
+    check_memory(space)
+    return space
+
+
+def read_space(data: Mapping[str, Any], *, source: str, name: str | None = None) -> Space:
+    """:func:`space_from_dict` without the memory check: how a stored study's space is read back.
+
+    A study trained on a large machine can so be opened on a small one.
     """
     if not isinstance(data, Mapping):
         fail(source, "space", data, "a table with description, fixed, grid and canonical")
@@ -293,7 +309,8 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
 
     Raises:
         SpaceError: For an unknown preset (listing the presets), a missing or unreadable file, a
-            TOML syntax error (naming the file and line) or an invalid space.
+            file that is not UTF-8 (naming the byte offset), a TOML syntax error (naming the file
+            and line) or an invalid space.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         fail("load_space", "name_or_path", repr(name_or_path), "a preset name or a file path")
@@ -323,6 +340,12 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
         raise SpaceError(
             f"{path}: expected a readable .toml file describing a space, could not read it "
             f"({exc.strerror or exc}). Presets: {', '.join(presets)}."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise SpaceError(
+            f"{path}: expected UTF-8 text (a TOML file describing a space), received a byte "
+            f"{exc.object[exc.start : exc.start + 1]!r} at byte offset {exc.start} that is not "
+            "UTF-8; save the file as UTF-8"
         ) from None
     data = _read_toml(content, str(path))
     return space_from_dict(data, source=str(path), name=path.stem)
