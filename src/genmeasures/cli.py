@@ -33,6 +33,7 @@ from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
 from genmeasures.evaluate import Evaluation, read_table, score_table
 from genmeasures.evaluate.report import check_report_folder, format_summary, write_report
 from genmeasures.evaluate.table import MEASURES_ATTR
+from genmeasures.interrupts import exit_status, stopping_cleanly
 from genmeasures.measures import MeasureSpec, Results, compute, get_measure, list_measures
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import build_model, list_models
@@ -318,16 +319,20 @@ def _train_models(zoo: Zoo, args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"last: {result.status}")
             bar.update()
 
-        summary = train_zoo(
-            zoo,
-            executor=args.executor,
-            workers=args.workers,
-            address=args.address,
-            data_root=args.data_root,
-            batched=not args.no_batch,
-            retry_failed=args.retry_failed,
-            on_result=on_result,
-        )
+        try:
+            summary = train_zoo(
+                zoo,
+                executor=args.executor,
+                workers=args.workers,
+                address=args.address,
+                data_root=args.data_root,
+                batched=not args.no_batch,
+                retry_failed=args.retry_failed,
+                on_result=on_result,
+            )
+        except KeyboardInterrupt as stop:
+            stored = sum(n for state, n in zoo.counts().items() if state.is_finished)
+            raise type(stop)(f"{stored} of {len(zoo.space)} models stored") from None
     trained = ", ".join(f"{n} {status}" for status, n in sorted(summary.trained.items()))
     print(
         f"trained {sum(summary.trained.values())} models in {summary.seconds:.1f} s"
@@ -564,8 +569,25 @@ def _format(results: Results, *, as_json: bool) -> str:
         return frame.to_string()
 
 
+def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> int:
+    """Say what an interrupted command kept; returns the exit status of its signal."""
+    resumable = args.command in ("train", "study") or (
+        args.command == "measure" and args.study is not None
+    )
+    print(
+        f"genmeasures: interrupted{f': {stop}' if str(stop) else ''}"
+        + ("; run the same command to resume" if resumable else ""),
+        file=sys.stderr,
+    )
+    return exit_status(stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Ctrl-C and SIGTERM stop a command cleanly: one line says what was kept, and the exit status
+    is 130 (SIGINT) or 143 (SIGTERM).
+    """
     args = _parser().parse_args(argv)
     try:
         commands = {
@@ -576,7 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _evaluate,
             "study": _study,
         }
-        return commands[args.command](args)
+        with stopping_cleanly():
+            return commands[args.command](args)
+    except KeyboardInterrupt as stop:
+        return _interrupted(args, stop)
     except GenMeasuresError as error:
         print(f"genmeasures: error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_store import tiny_space
 
 from genmeasures.zoo.store import DATABASE_FILE, Zoo
 
@@ -102,3 +103,72 @@ def test_sigkill_at_any_moment_then_resume(
     for config in zoo.configs():
         zoo.load(config.hash)
     assert not [p for p in study.rglob(".*.tmp-*")]
+
+
+#: Imports genmeasures, says it is ready, waits for the go file, then runs the command line:
+#: the processes race for the new study folder within milliseconds, not seconds of imports.
+AT_ONCE = """
+import sys, time
+from pathlib import Path
+from genmeasures.cli import main
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.002)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_runs_started_at_once_on_a_new_folder_one_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    study, go = tmp_path / "study", tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(10)]
+    command = ["train", "--space", str(space), "--out", str(study)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", AT_ONCE, str(flag), str(go), *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+        )
+        for flag in ready
+    ]
+    deadline = time.monotonic() + 300
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        assert all(process.poll() is None for process in processes)
+        time.sleep(0.05)
+    go.touch()
+    outcomes = [(p.wait(timeout=300), p.communicate()[1].decode()) for p in processes]
+    assert not [err for _, err in outcomes if "Traceback" in err]
+    assert sorted(code for code, _ in outcomes) == [0] + [2] * 9, outcomes
+    refusals = [err for code, err in outcomes if code == 2]
+    assert all(f"{study} is being trained by pid " in err for err in refusals), refusals
+    with Zoo(study) as zoo:
+        assert zoo.counts()["done"] == sum(zoo.counts().values()) == 8
+        assert zoo.verify_all() == []
+    assert not [p for p in study.rglob(".*.tmp-*")]
+
+
+def test_only_temporary_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    zoo = Zoo.create(tmp_path / "study", tiny_space())
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        names = {
+            "dead": f".{DATABASE_FILE}.tmp-{dead.pid}",
+            "dead journal": f".{DATABASE_FILE}.tmp-{dead.pid}-journal",
+            "this process": f".final.safetensors.tmp-{os.getpid()}",
+            "alive": f".{DATABASE_FILE}.tmp-{alive.pid}",
+            "alive journal": f".{DATABASE_FILE}.tmp-{alive.pid}-journal",
+        }
+        for name in names.values():
+            (zoo.path / name).write_bytes(b"")
+        with zoo.lock():
+            assert zoo.remove_temporary_files() == 3
+        alive.kill()
+    left = {p.name for p in zoo.path.rglob(".*.tmp-*")}
+    assert left == {names["alive"], names["alive journal"]}

@@ -5,16 +5,27 @@ Workers only train and return :class:`~genmeasures.zoo.store.ModelResult` object
 into units of configs that can share a vmapped batch (:func:`plan_units`); a pool or a Ray
 cluster runs units in parallel, each worker with one torch thread, since oversubscribed threads
 are far slower than one thread per process.
+
+Workers die with their driver: a pool worker exits as soon as the driver is gone, however it
+went (:func:`_follow_driver`), and an interrupted driver stops its workers without waiting for
+their units. A local Ray instance fate-shares with the driver by itself (``PR_SET_PDEATHSIG``),
+except that after a SIGKILL of the driver Ray's two per-node agents linger about 60 s (Ray
+2.60: they try to report the raylet's death to the dead GCS) before they exit.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from genmeasures.errors import StudyError
@@ -131,6 +142,30 @@ def _run_queued(
                 store(result)
 
 
+def _follow_driver(lifeline: Connection) -> None:
+    """Pool initializer: end this worker as soon as the driver is gone, however it went.
+
+    The driver holds the only write end of the ``lifeline`` pipe (spawned processes inherit no
+    descriptor they are not given, and the driver gives only the read end). The kernel closes
+    it when the driver exits, even by SIGKILL, and the watching thread then reads end-of-file
+    and exits the process at once; the driver also closes it on purpose to stop its workers
+    without waiting for their units. Unlike ``prctl(PR_SET_PDEATHSIG)`` this does not depend on
+    which driver thread started the worker, and unlike polling ``os.getppid()`` it reacts
+    immediately. The worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
+    driver alone decides how to stop.
+
+    Args:
+        lifeline: The read end of the driver's pipe.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        lifeline.poll(None)  # the driver never writes: readable means end of file
+        os._exit(1)  # no cleanup: the driver is the only writer, there is nothing to save
+
+    threading.Thread(target=watch, name="genmeasures-driver-watch", daemon=True).start()
+
+
 def _run_pool(
     units: list[list[Config]],
     zoo: Zoo,
@@ -141,12 +176,25 @@ def _run_pool(
 ) -> None:
     # Spawned (not forked) workers: a fork of a process that has run torch can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    lifeline, keep_alive = context.Pipe(duplex=False)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_follow_driver,
+        initargs=(lifeline,),
+    )
 
-        def finished(futures: list[Future[list[ModelResult]]]) -> list[tuple[Any, Any]]:
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+    def finished(futures: list[Future[list[ModelResult]]]) -> list[tuple[Any, Any]]:
+        done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        try:
             return [(future, future.result()) for future in done]
+        except BrokenProcessPool as error:
+            raise StudyError(
+                f"a worker process died while training a unit of {zoo.path} (killed from "
+                "outside, or out of memory?); run the same command to resume"
+            ) from error
 
+    try:
         _run_queued(
             units,
             zoo,
@@ -155,6 +203,25 @@ def _run_pool(
             submit=lambda unit: pool.submit(collect_unit, unit, data_root, batched),
             finished=finished,
         )
+    except BaseException:
+        keep_alive.close()  # stopped (Ctrl-C, SIGTERM, error): end the workers, do not wait
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
+        keep_alive.close()
+        lifeline.close()
+
+
+def _init_ray(ray: Any, address: str | None) -> None:
+    """Start or join Ray, keeping the caller's SIGTERM handler.
+
+    ``ray.init`` replaces it with an immediate exit, which would skip the caller's clean stop
+    (the CLI's: end the workers, reset this run's rows).
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _run_ray(
@@ -173,7 +240,7 @@ def _run_ray(
         ) from error
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+        _init_ray(ray, address)
     try:
         remote_unit = ray.remote(num_cpus=1)(collect_unit)
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -256,11 +323,19 @@ def train_zoo(
             if on_result is not None:
                 on_result(result, finished, len(configs))
 
-        if executor == "ray":
-            _run_ray(units, zoo, data_root, batched, store, address)
-        elif workers == 1:
-            _run_in_process(units, zoo, data_root, batched, store)
-        else:
-            _run_pool(units, zoo, data_root, batched, store, workers)
+        try:
+            if executor == "ray":
+                _run_ray(units, zoo, data_root, batched, store, address)
+            elif workers == 1:
+                _run_in_process(units, zoo, data_root, batched, store)
+            else:
+                _run_pool(units, zoo, data_root, batched, store, workers)
+        except KeyboardInterrupt:
+            # Stopped by Ctrl-C (or SIGTERM, which the CLI turns into one): results are stored
+            # in transactions, so nothing is half-written; the lock is still held, so the rows
+            # left running are this run's, back to pending for the next run.
+            zoo.reset_stale()
+            zoo.remove_temporary_files()
+            raise
     summary.seconds = time.perf_counter() - start
     return summary

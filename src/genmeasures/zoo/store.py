@@ -5,6 +5,7 @@ Layout (``ARCHITECTURE.md``, "Store")::
     <study>/zoo.sqlite                tables meta, models, measures (schema: zoo/schema.py)
     <study>/checkpoints/<hash>/       init/final/epoch1.safetensors, records.json, model.json
     <study>/.lock                     held (flock) by the one process training the study
+    <study>/.create-lock              held (flock) while a process creates or opens the study
 
 A model row moves ``pending → running → done | not-converged | diverged | failed``
 (:class:`~genmeasures.zoo.states.ModelState`). Every write
@@ -22,8 +23,6 @@ copy (:mod:`genmeasures.zoo.opening`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -31,7 +30,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
 from genmeasures.measures import MeasureResult
 from genmeasures.measures.registry import params_key
+from genmeasures.zoo import locking
 from genmeasures.zoo.checkpoint import (
     EPOCH1_FILE,
     FINAL_FILE,
@@ -63,6 +63,7 @@ from genmeasures.zoo.versions import current_versions
 DATABASE_FILE = "zoo.sqlite"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
+CREATE_LOCK_FILE = ".create-lock"
 
 #: Every state, and those a resumed study does not train again (``failed`` only on request).
 STATES = tuple(ModelState)
@@ -159,6 +160,9 @@ class Zoo:
     def create(cls, path: str | os.PathLike, space: Space) -> Zoo:
         """Create a study of ``space`` in ``path``, or reopen it if it is already there.
 
+        Safe against concurrent creators: they take turns under the folder's creation lock, so
+        one builds the database and the others open it.
+
         Args:
             path: The study folder (created with its parents if needed).
             space: The hyperparameter space; one ``pending`` row per config is added.
@@ -179,6 +183,11 @@ class Zoo:
             probe.unlink()
         except OSError as error:
             raise StudyError(f"cannot write the study folder {path}: {error.strerror}") from error
+        with locking.waiting(path / CREATE_LOCK_FILE):
+            return cls._create_locked(path, space)
+
+    @classmethod
+    def _create_locked(cls, path: Path, space: Space) -> Zoo:
         database = path / DATABASE_FILE
         if database.is_file():
             zoo = cls(path)
@@ -251,35 +260,13 @@ class Zoo:
 
     # ------------------------------------------------------------------ training state
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the study's training lock; rows left ``running`` are stale once it is held.
 
         Raises:
-            StudyError: if another live process holds it.
+            StudyError: if another live process holds it (the message gives its pid).
         """
-        lock_path = self.path / LOCK_FILE
-        with lock_path.open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                handle.seek(0)
-                owner = handle.read().strip() or "another process"
-                raise StudyError(
-                    f"{self.path} is being trained by {owner}; wait for it or stop it"
-                ) from error
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
-            try:
-                yield
-            finally:
-                handle.seek(0)
-                handle.truncate()
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return locking.refusing(self.path / LOCK_FILE, self.path)
 
     def reset_stale(self) -> int:
         """Return rows left ``running`` by a dead process to ``pending``; call under :meth:`lock`.
@@ -297,10 +284,17 @@ class Zoo:
     def remove_temporary_files(self) -> int:
         """Delete files a killed writer left under a temporary name; call under :meth:`lock`.
 
+        A file whose writer (the pid in its name) is alive is kept: it may be another
+        process's database being built, e.g. by a genmeasures older than the creation lock.
+
         Returns:
             How many were removed.
         """
-        leftovers = [p for p in self.path.rglob(".*.tmp-*") if p.is_file()]
+        leftovers = [
+            p
+            for p in self.path.rglob(".*.tmp-*")
+            if p.is_file() and not locking.written_by_live_process(p)
+        ]
         for path in leftovers:
             path.unlink()
         return len(leftovers)
