@@ -1,18 +1,27 @@
-"""SIGKILL a real `genmeasures train` at several moments, then resume: nothing lost or doubled."""
+"""SIGKILL a real `genmeasures train` at several moments, then resume: nothing lost or doubled.
+
+The killed runs leave no process behind, and the resumed study is the bits of one trained without
+interruption in this process, whether it trains in units, one model at a time or in a pool.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import fingerprint
+from processes import GRACE, descendants, end, running, wait_for
 from test_store import tiny_space
 
+from genmeasures.zoo import load_space, train_zoo
 from genmeasures.zoo.store import DATABASE_FILE, Zoo
 
 SPACE = """
@@ -61,23 +70,47 @@ def start(space: Path, study: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def kill_when(process: subprocess.Popen[bytes], ready: callable, timeout: float = 120) -> bool:
-    """SIGKILL the process once ``ready()`` holds; False if it finished first."""
+    """SIGKILL the process once ``ready()`` holds; False if it finished first.
+
+    Every process it started must exit within :data:`~processes.GRACE` seconds of the kill.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         if ready():
+            started = descendants(process.pid)
             process.send_signal(signal.SIGKILL)
             process.wait()
+            try:
+                gone = lambda pids=started: not running(pids)  # noqa: E731
+                wait_for(gone, GRACE, "the killed run's workers gone")
+            finally:
+                end(started)
             return True
         time.sleep(0.01)
     process.kill()
     pytest.fail("the training subprocess made no progress")
 
 
-@pytest.mark.parametrize("batch", [[], ["--no-batch"]], ids=["batched", "one-by-one"])
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    space = folder / "space.toml"
+    space.write_text(SPACE)
+    with Zoo.create(folder / "study", load_space(space)) as zoo:
+        train_zoo(zoo)
+        return fingerprint(zoo)
+
+
+@pytest.mark.parametrize(
+    "route", [[], ["--no-batch"], ["--workers", "2"]], ids=["batched", "one-by-one", "workers"]
+)
 def test_sigkill_at_any_moment_then_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: list[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    route: list[str],
+    uninterrupted: dict[str, Any],
 ) -> None:
     monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
     space = tmp_path / "space.toml"
@@ -87,12 +120,16 @@ def test_sigkill_at_any_moment_then_resume(
         lambda: (study / DATABASE_FILE).exists(),  # right after the study is created
         lambda: done_rows(study) >= 1,  # just after a result was committed
         lambda: done_rows(study) >= 3,
+        lambda: time.monotonic() > began + delay,  # anywhere, imports and startup included
     ]
+    delay = random.Random(len(route)).uniform(0.0, 6.0)
+    print(f"the last run is killed {delay:.2f} s after it starts")
     kills = 0
     for ready in moments:
-        kills += kill_when(start(space, study, *batch), ready)
+        began = time.monotonic()
+        kills += kill_when(start(space, study, *route), ready)
     assert kills >= 2, "the subprocess finished before it could be killed"
-    finish = start(space, study, *batch)
+    finish = start(space, study, *route)
     _, stderr = finish.communicate(timeout=300)
     assert finish.returncode == 0, stderr.decode()
     zoo = Zoo(study)
@@ -103,6 +140,7 @@ def test_sigkill_at_any_moment_then_resume(
     for config in zoo.configs():
         zoo.load(config.hash)
     assert not [p for p in study.rglob(".*.tmp-*")]
+    assert fingerprint(zoo) == uninterrupted
 
 
 #: Imports genmeasures, says it is ready, waits for the go file, then runs the command line:

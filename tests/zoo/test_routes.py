@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from conftest import assert_same_models, fingerprint
 
-from genmeasures.errors import GenMeasuresWarning
+from genmeasures.errors import GenMeasuresWarning, StudyError
 from genmeasures.zoo import Zoo, load_space, train_zoo
-from genmeasures.zoo.schema import METRICS
 from genmeasures.zoo.store import ModelResult
 
 SPACE = load_space("smoke")
@@ -28,53 +27,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENMEASURES_CACHE", str(tmp_path / "cache"))
 
 
-def bits(state: dict[str, torch.Tensor] | None) -> dict[str, bytes] | None:
-    if state is None:
-        return None
-    return {
-        key: value.contiguous().flatten().view(torch.uint8).numpy().tobytes()
-        for key, value in state.items()
-    }
-
-
-def fingerprint(zoo: Zoo) -> dict[str, Any]:
-    """Everything stored about each model that does not depend on wall-clock time."""
-    table = zoo.table(measures=False)
-    measures = zoo.measures_table().drop(columns=["seconds", "version"])
-    result = {}
-    for config in zoo.configs():
-        run = zoo.load(config.hash)
-        records = dict(run.records)
-        epoch1 = records.pop("epoch1_state")
-        records.pop("metrics")
-        row = table.loc[config.hash]
-        rows = measures[measures["model"] == config.hash]
-        result[config.hash] = {
-            "status": row["status"],
-            "metrics": repr([row[name] for name in METRICS if name != "seconds"]),
-            "records": repr(records),
-            "model": bits(run.model.state_dict()),
-            "init": bits(run.init_model.state_dict()),
-            "epoch1": bits(epoch1),
-            "measures": repr(rows.to_dict("records")),
-        }
-    return result
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     zoo = Zoo.create(tmp_path_factory.mktemp("reference") / "study", SPACE)
     summary = train_zoo(zoo)
     assert summary.trained == {"done": len(SPACE)}
     return fingerprint(zoo)
-
-
-def assert_same_models(zoo: Zoo, reference: dict[str, Any]) -> None:
-    found = fingerprint(zoo)
-    assert found.keys() == reference.keys()
-    for model_hash, expected in reference.items():
-        for key, value in expected.items():
-            assert found[model_hash][key] == value, f"model {model_hash}: {key} differs"
 
 
 @pytest.mark.parametrize(
@@ -131,3 +89,11 @@ def test_a_model_retrained_after_a_corrupt_checkpoint_is_the_same(
     assert summary.invalidated == 1
     assert summary.trained == {"done": 1}
     assert_same_models(zoo, reference)
+
+
+def test_bad_executor_arguments(tmp_path: Path) -> None:
+    zoo = Zoo.create(tmp_path / "study", SPACE)
+    with pytest.raises(StudyError, match="executor must be one of"):
+        train_zoo(zoo, executor="slurm")
+    with pytest.raises(StudyError, match="workers must be a positive int, got 0"):
+        train_zoo(zoo, workers=0)
