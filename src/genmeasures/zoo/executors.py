@@ -8,9 +8,9 @@ are far slower than one thread per process.
 
 Workers die with their driver: a pool worker exits as soon as the driver is gone, however it
 went (:func:`_follow_driver`), and an interrupted driver stops its workers without waiting for
-their units. A local Ray instance fate-shares with the driver by itself (``PR_SET_PDEATHSIG``),
-except that after a SIGKILL of the driver Ray's two per-node agents linger about 60 s (Ray
-2.60: they try to report the raylet's death to the dead GCS) before they exit.
+their units. A local Ray instance mostly fate-shares with the driver by itself
+(``PR_SET_PDEATHSIG``); the processes that would outlive a killed driver (Ray's per-node agents)
+are ended by a watchdog (:mod:`genmeasures.zoo.watchdog`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
+from genmeasures.zoo.watchdog import watch_descendants
 from genmeasures.zoo.worker import collect_unit, train_unit
 
 EXECUTORS = ("local", "ray")
@@ -239,9 +240,11 @@ def _run_ray(
             "--executor ray needs Ray: pip install 'genmeasures[ray]' (or pip install ray)"
         ) from error
     started_here = not ray.is_initialized()
-    if started_here:
-        _init_ray(ray, address)
+    # A local instance is this run's processes: a watchdog ends them if the driver is killed.
+    release = watch_descendants() if started_here and address is None else (lambda: None)
     try:
+        if started_here:
+            _init_ray(ray, address)
         remote_unit = ray.remote(num_cpus=1)(collect_unit)
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -260,6 +263,7 @@ def _run_ray(
     finally:
         if started_here:
             ray.shutdown()
+        release()
 
 
 def train_zoo(
