@@ -206,7 +206,9 @@ def _add_training_options(
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
     parser.add_argument(
-        "--no-batch", action="store_true", help="train one model at a time instead of vmapped"
+        "--no-batch",
+        action="store_true",
+        help="train one model at a time instead of in units (the same models)",
     )
     parser.add_argument("--retry-failed", action="store_true", help="train failed models again")
 

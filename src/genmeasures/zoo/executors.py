@@ -2,9 +2,10 @@
 
 Workers only train and return :class:`~genmeasures.zoo.store.ModelResult` objects; the driver
 (the process that called :func:`train_zoo`) is the only writer of the study folder. Work is cut
-into units of configs that can share a vmapped batch (:func:`plan_units`); a pool or a Ray
-cluster runs units in parallel, each worker with one torch thread, since oversubscribed threads
-are far slower than one thread per process.
+into units of configs that train in lockstep (:func:`plan_units`; a configuration trains to the
+same bits in any unit, see :mod:`genmeasures.zoo.batched`); a pool or a Ray cluster runs units in
+parallel, each worker with one torch thread, since oversubscribed threads are far slower than one
+thread per process.
 
 Workers die with their driver: a pool worker exits as soon as the driver is gone, however it
 went (:func:`_follow_driver`), and an interrupted driver stops its workers without waiting for
@@ -38,7 +39,7 @@ from genmeasures.zoo.worker import collect_unit, train_unit
 
 EXECUTORS = ("local", "ray")
 
-#: Most members in one vmapped unit: bounds what a kill can lose and what one worker holds.
+#: Most members in one unit: bounds what a kill can lose and what one worker holds.
 MAX_UNIT = 32
 
 #: Called after each stored result with (result, models finished so far, models to train).
@@ -66,7 +67,7 @@ class TrainSummary:
 
 
 def _unit_key(config: Config) -> str:
-    """What configs must share to train in one vmapped batch (:data:`SHARED_FIELDS`)."""
+    """What configs must share to train in one unit: data, architecture, :data:`SHARED_FIELDS`."""
     return canonical_json(
         {
             "data": config.data_hash,
@@ -81,10 +82,10 @@ def plan_units(
 ) -> list[list[Config]]:
     """Cut configs into units of work, in grid order of their first member.
 
-    With ``batched``, configs that share data, architecture and the settings a batch shares
-    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size, optimizer, loss checks) form one
-    unit, split so that units have at most ``max_unit`` members and, when there are fewer groups
-    than ``workers``, so that every worker gets a unit.
+    With ``batched``, configs that share data, architecture and the settings a unit shares
+    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size and loss checks) form one unit,
+    split so that units have at most ``max_unit`` members and, when there are fewer groups than
+    ``workers``, so that every worker gets a unit.
 
     Args:
         configs: The configs to train.
@@ -290,7 +291,7 @@ def train_zoo(
         workers: Parallel worker processes for the local executor (each uses one torch thread).
         address: Address of a running Ray cluster; None starts a local Ray instance.
         data_root: Folder of file-based datasets (MNIST, CIFAR-10, SVHN).
-        batched: Train configs that share an architecture and batch size together (vmap).
+        batched: Train the configs of a unit together, in lockstep (the same models either way).
         retry_failed: Train ``failed`` models again.
         on_result: Called after each stored result, e.g. to drive a progress bar.
 
