@@ -135,7 +135,7 @@ def test_a_read_only_open_reads_the_rolled_back_study(
 def test_the_rolled_back_copy_is_read_only(killed: Path) -> None:
     with pytest.warns(GenMeasuresWarning), Zoo(killed) as zoo:
         first = zoo.configs()[0].hash
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(StudyError, match=r"cannot write to the study .*readonly.*write access"):
             zoo.mark_running([first])
 
 
@@ -202,6 +202,9 @@ def test_show_and_evaluate_work_on_an_unwritable_study_left_by_a_killed_writer(
     evaluated = cli("evaluate", str(killed), "--report", str(report))
     assert evaluated.returncode == 0, evaluated.stderr
     assert (report / "report.md").is_file()
+    measured = cli("measure", str(killed), "--measures", "frob-distance")
+    assert measured.returncode != 0
+    assert "cannot write to the study" in measured.stderr and "Traceback" not in measured.stderr
     assert (killed / JOURNAL).is_file()
 
 

@@ -30,7 +30,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -240,6 +240,18 @@ class Zoo:
         connection.execute("PRAGMA foreign_keys = ON")
         return connection
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction; a study that cannot be written is a :class:`StudyError`."""
+        try:
+            with self._connection:
+                yield
+        except sqlite3.OperationalError as error:
+            raise StudyError(
+                f"cannot write to the study {self.path}: {error}; a command that stores results "
+                "needs write access to the study folder and its database"
+            ) from error
+
     def _meta(self, key: str) -> str | None:
         row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
@@ -274,7 +286,7 @@ class Zoo:
         Returns:
             How many rows were reset.
         """
-        with self._connection:
+        with self._writing():
             cursor = self._connection.execute(
                 "UPDATE models SET status = ?, updated = ? WHERE status = ?",
                 (ModelState.PENDING, time.time(), ModelState.RUNNING),
@@ -324,7 +336,7 @@ class Zoo:
     def mark_running(self, hashes: Iterable[str]) -> None:
         """Mark models as being trained (one transaction)."""
         now = time.time()
-        with self._connection:
+        with self._writing():
             self._connection.executemany(
                 "UPDATE models SET status = ?, attempts = attempts + 1, updated = ? WHERE hash = ?",
                 [(ModelState.RUNNING, now, h) for h in hashes],
@@ -368,7 +380,7 @@ class Zoo:
             }
         records = {k: v for k, v in result.records.items() if k != "epoch1_state"}
         metrics = [_real(result.metrics.get(name)) for name in METRICS]
-        with self._connection:
+        with self._writing():
             self._connection.execute(
                 f"UPDATE models SET status = ?, {', '.join(f'{m} = ?' for m in METRICS)}, "
                 "records = ?, checkpoints = ?, error = ?, updated = ? WHERE hash = ?",
@@ -423,7 +435,7 @@ class Zoo:
             GenMeasuresWarning,
             stacklevel=2,
         )
-        with self._connection:
+        with self._writing():
             self._connection.execute("DELETE FROM measures WHERE model = ?", (model_hash,))
             self._connection.execute(
                 "UPDATE models SET status = ?, checkpoints = NULL, updated = ? WHERE hash = ?",
@@ -479,7 +491,7 @@ class Zoo:
 
         A value with the same model, name and parameters is replaced.
         """
-        with self._connection:
+        with self._writing():
             self._insert_measures(model_hash, results)
 
     def _insert_measures(self, model_hash: str, results: Iterable[MeasureResult]) -> None:
