@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -274,6 +275,15 @@ def test_study_trains_measures_evaluates_and_resumes(
     rows = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"param-norm", "path-norm", "random"} <= rows
     assert "τ-a" in out
+    stages = re.search(
+        r"^time: training ([\d.]+) s \(\d+ %\), measuring ([\d.]+) s \(\d+ %\), evaluating "
+        r"([\d.]+) s \(\d+ %\), report ([\d.]+) s \(\d+ %\); total ([\d.]+) s$",
+        out,
+        re.MULTILINE,
+    )
+    assert stages is not None, out
+    *parts, total = map(float, stages.groups())
+    assert sum(parts) == pytest.approx(total, abs=0.3)  # each part rounded to 0.1 s
     report = study / "report"
     for name in ("report.md", "report.html", "ranks.csv", "cmi.csv", "pearson.csv", "ranks.tex"):
         assert (report / name).is_file(), name
@@ -282,7 +292,11 @@ def test_study_trains_measures_evaluates_and_resumes(
     code, again, err = run(capsys, *argv, "path-norm")
     assert code == 0, err
     assert "trained 0 models" in again and "4 already up to date" in again
-    assert again.split("τ-a")[1] == out.split("τ-a")[1]  # same stored values, same seed
+
+    def scores(printed: str) -> str:  # the τ table onwards, without the stage times
+        return printed.split("τ-a")[1].split("\ntime: ")[0]
+
+    assert scores(again) == scores(out)  # same stored values, same seed
 
 
 def test_study_and_measure_compute_the_spaces_measures_by_default(
