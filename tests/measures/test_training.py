@@ -8,6 +8,7 @@ records written by hand.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import math
 
@@ -58,6 +59,60 @@ def records_for(epoch1: nn.Module | None, ce_checks=((0, 2.3), (10, 0.05), (20, 
 
 
 # ------------------------------------------------------------------------- grad noise (65, 66)
+
+
+class TwiceApplied(nn.Module):
+    """One dense layer applied twice: its gradient sums two outer products per example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.inner(torch.relu(self.inner(x)))))
+
+
+class PerPosition(nn.Module):
+    """A dense layer on each of several positions of an example (inputs are not vectors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(torch.stack([x, x.flip(1)], dim=1)).mean(dim=1)
+
+
+def frozen_first_layer(model: nn.Module) -> nn.Module:
+    model.fc1.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("build", "dense"),
+    [
+        (lambda: noisy_mlp(0, batchnorm=False), True),
+        (lambda: gm.build_model("mlp", (5,), 3, depth=3, width=6, bias=False, seed=2), True),
+        (lambda: noisy_mlp(0, batchnorm=True), False),  # BatchNorm's parameters are not dense
+        (TwiceApplied, False),
+        (PerPosition, False),
+        (lambda: frozen_first_layer(noisy_mlp(0, batchnorm=False)), True),
+    ],
+    ids=["mlp", "no-bias", "batchnorm", "layer-twice", "per-position", "frozen"],
+)
+def test_the_dense_closed_form_is_exact_and_taken_only_where_it_holds(build, dense):
+    # Without per-example gradients where every parameter is in a dense layer applied once to a
+    # vector per example; per-example gradients otherwise. Both against the loop, in float64.
+    model = build().double().eval()
+    inputs, labels = float64_data()
+    mean = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    found = training._dense_squared_deviations(model, inputs, labels, mean, batch_size=16)
+    assert (found is not None) == dense
+    value = training._gradient_variance(model, inputs, labels, batch_size=16)
+    every_parameter = copy.deepcopy(model).requires_grad_(True)  # frozen ones count too
+    expected = gradient_variance_by_loop(every_parameter, inputs, labels)
+    assert value == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("batchnorm", [False, True], ids=["plain", "batchnorm"])

@@ -223,6 +223,83 @@ def _squared_deviations(
     return total
 
 
+def _dense_layers(model: nn.Module) -> dict[nn.Linear, tuple[str, str | None]] | None:
+    """Every ``nn.Linear`` of ``model`` with its weight's and bias's names, or None.
+
+    None unless these layers hold all of the model's parameters, each once, and none has hooks
+    or parametrizations (which could change what the layer computes).
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    layers: dict[nn.Linear, tuple[str, str | None]] = {}
+    for module in model.modules():
+        if type(module) is not nn.Linear:
+            continue
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or hasattr(module, "parametrizations")
+        ):
+            return None
+        bias = None if module.bias is None else names.get(id(module.bias))
+        layers[module] = (names.get(id(module.weight)), bias)
+    held = [name for weight, bias in layers.values() for name in (weight, bias) if name]
+    complete = sorted(held) == sorted(names.values()) and len(set(held)) == len(held)
+    return layers if layers and complete else None
+
+
+def _dense_squared_deviations(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    mean: dict[str, torch.Tensor],
+    *,
+    batch_size: int,
+) -> torch.Tensor | None:
+    """``Σ_j ‖g_j − ḡ‖²`` of a network whose parameters are all in dense layers, or None.
+
+    A dense layer ``z = W a + b`` applied once to example ``j`` has the per-example gradients
+    ``δ_j a_jᵀ`` and ``δ_j``, with ``δ_j = ∂ℓ_j/∂z_j`` (in eval mode the examples of a batch do
+    not interact, so one backward pass of the summed loss gives every ``δ_j``). Hence, exactly,
+    ``‖δ_j a_jᵀ − W̄‖² = ‖δ_j‖²‖a_j‖² − 2 δ_jᵀ W̄ a_j + ‖W̄‖²`` and ``‖δ_j − b̄‖²``, summed in
+    float64 from one forward and one backward pass per batch: no per-example gradient is formed.
+    None when a parameter is not in a dense layer, a layer runs more than once per pass or on
+    inputs that are not one vector per example; the caller then forms per-example gradients.
+    """
+    layers = _dense_layers(model)
+    if layers is None:
+        return None
+    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def keep(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen.append((module, args[0], out))
+
+    for start in range(0, len(labels), batch_size):
+        seen.clear()
+        handles = [layer.register_forward_hook(keep) for layer in layers]
+        try:
+            with torch.enable_grad():
+                # The input carries the graph: the parameters of a measure's copy are frozen.
+                batch = inputs[start : start + batch_size].detach().requires_grad_()
+                logits = model(batch)
+                loss = F.cross_entropy(logits, labels[start : start + batch_size], reduction="sum")
+            once = len({id(module) for module, _, _ in seen}) == len(seen) == len(layers)
+            if not once or any(a.dim() != 2 for _, a, _ in seen):
+                return None
+            deltas = torch.autograd.grad(loss, [out for _, _, out in seen])
+        finally:
+            for handle in handles:
+                handle.remove()
+        for (module, a, _), delta in zip(seen, deltas, strict=True):
+            weight_name, bias_name = layers[module]
+            a64, d64, w = a.detach().double(), delta.double(), mean[weight_name]
+            total += (d64.square().sum(1) * a64.square().sum(1)).sum()
+            total += len(a64) * w.square().sum() - 2 * ((d64 @ w) * a64).sum()
+            if bias_name is not None:
+                total += (d64 - mean[bias_name]).square().sum()
+    return total
+
+
 def _gradient_variance(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int
 ) -> float:
@@ -230,10 +307,11 @@ def _gradient_variance(
 
     ``g_j`` is the gradient of the cross-entropy of example j with respect to every parameter of
     ``model``, taken in the model's current mode (the caller puts it in eval mode). Two passes
-    (``MEASURES.md`` §3.8): pass 1 sums the batch gradients into ḡ in float64; pass 2 computes
-    the per-example gradients in chunks with ``torch.func.vmap(torch.func.grad(...))`` and
-    accumulates ``‖g_j − ḡ‖²`` in float64. A chunk of per-example gradients takes at most
-    :data:`CHUNK_BYTES` (counted in float64).
+    (``MEASURES.md`` §3.8): pass 1 sums the batch gradients into ḡ in float64; pass 2
+    accumulates ``‖g_j − ḡ‖²`` in float64, in closed form from one backward pass per batch when
+    every parameter is in a dense layer (:func:`_dense_squared_deviations`), else from the
+    per-example gradients, computed in chunks with ``torch.func.vmap(torch.func.grad(...))``. A
+    chunk of per-example gradients takes at most :data:`CHUNK_BYTES` (counted in float64).
 
     Args:
         model: The network; its output is the logits. Its parameters are not modified.
@@ -279,16 +357,19 @@ def _gradient_variance(
         if not torch.isfinite(g).all():
             raise NumericalError(f"the mean gradient of parameter {name!r} is not finite")
 
-    # Pass 2: Σ_j ‖g_j − ḡ‖², per-example gradients in chunks.
-    per_example_gradients = vmap(grad(example_loss), in_dims=(None, 0, 0))
-    chunk = _chunk_size(sum(p.numel() for p in params.values()), batch_size)
-    squared = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    for start in range(0, n, chunk):
-        squared += _squared_deviations(
-            per_example_gradients(
-                params, inputs[start : start + chunk], labels[start : start + chunk]
-            ),
-            mean,
+    # Pass 2: Σ_j ‖g_j − ḡ‖², without per-example gradients where every parameter is dense.
+    squared = _dense_squared_deviations(model, inputs, labels, mean, batch_size=batch_size)
+    if squared is None:
+        per_example_gradients = vmap(grad(example_loss), in_dims=(None, 0, 0))
+        chunk = _chunk_size(sum(p.numel() for p in params.values()), batch_size)
+        squared = sum(
+            _squared_deviations(
+                per_example_gradients(
+                    params, inputs[start : start + chunk], labels[start : start + chunk]
+                ),
+                mean,
+            )
+            for start in range(0, n, chunk)
         )
     value = float(squared) / n
     if not math.isfinite(value):
@@ -329,6 +410,7 @@ def _epoch1_model(ctx: MeasureContext) -> nn.Module:
     aliases=("grad noise 1 epoch", "grad Var 1 epoch", "grad-noise-epoch1"),
     options=GradientNoiseOptions,
     domain="differentiable",
+    version=2,  # 2: the dense closed form (float32 values move in the ninth digit)
 )
 def grad_noise_epoch_1(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients after the first epoch (eq 65).
@@ -360,6 +442,7 @@ def grad_noise_epoch_1(ctx: MeasureContext, *, options: GradientNoiseOptions) ->
     aliases=("grad noise final", "grad Var"),
     options=GradientNoiseOptions,
     domain="differentiable",
+    version=2,  # 2: the dense closed form (float32 values move in the ninth digit)
 )
 def grad_noise_final(ctx: MeasureContext, *, options: GradientNoiseOptions) -> MeasureOutput:
     """Variance of per-example gradients at the final weights (eq 66).
