@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_store import tiny_space
 from test_versions import V2_MEASURES
 
 import genmeasures
@@ -21,26 +22,8 @@ from genmeasures.errors import GenMeasuresWarning, StudyError
 from genmeasures.zoo import opening
 from genmeasures.zoo.executors import train_zoo
 from genmeasures.zoo.measuring import measure_zoo
-from genmeasures.zoo.space import space_from_dict
 from genmeasures.zoo.store import DATABASE_FILE, Zoo
 
-SPACE = {
-    "name": "read-only",
-    "fixed": {
-        "dataset": "digits",
-        "model": "mlp",
-        "depth": 1,
-        "width": 8,
-        "train_size": 200,
-        "test_size": 100,
-        "batch_size": 32,
-        "target_ce": 0.1,
-        "max_epochs": 100,
-        "check_every": 20,
-        "check_batches": 5,
-    },
-    "grid": {"lr": [0.05, 0.02], "seed": [0, 1]},
-}
 JOURNAL = DATABASE_FILE + "-journal"
 
 #: A writer that changes every row in one transaction, spilling pages into the database file
@@ -69,7 +52,7 @@ def measured_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("read-only") / "study"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GENMEASURES_CACHE", str(folder.parent / "cache"))
-        with Zoo.create(folder, space_from_dict(SPACE, source="test")) as zoo:
+        with Zoo.create(folder, tiny_space("read-only")) as zoo:
             train_zoo(zoo)
             measure_zoo(zoo, ["param-norm", "path-norm"])
     return folder

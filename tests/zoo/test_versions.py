@@ -11,34 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_store import tiny_space
 
 from genmeasures.measures import registry
 from genmeasures.zoo.executors import train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.schema import METRICS, SCHEMA_VERSION
-from genmeasures.zoo.space import space_from_dict
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import DATABASE_FILE, Zoo
 from genmeasures.zoo.versions import is_stale, stale_measures, stale_warning
 from genmeasures.zoo.worker import TRAINING_MEASURES
 
-SPACE = {
-    "name": "versions",
-    "fixed": {
-        "dataset": "digits",
-        "model": "mlp",
-        "depth": 1,
-        "width": 8,
-        "train_size": 200,
-        "test_size": 100,
-        "batch_size": 32,
-        "target_ce": 0.1,
-        "max_epochs": 100,
-        "check_every": 20,
-        "check_batches": 5,
-    },
-    "grid": {"lr": [0.05, 0.02]},
-}
 MEASURES = ["param-norm", "spec-init"]
 
 
@@ -52,7 +35,7 @@ def measured_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("versions") / "study"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GENMEASURES_CACHE", str(folder.parent / "cache"))
-        with Zoo.create(folder, space_from_dict(SPACE, source="test")) as zoo:
+        with Zoo.create(folder, tiny_space("versions", lr=[0.05, 0.02])) as zoo:
             train_zoo(zoo)
             measure_zoo(zoo, MEASURES)
     return folder
