@@ -270,6 +270,32 @@ class MeasureContext:
 
         return self.cached("folded", compute)
 
+    def require_init_model(self) -> nn.Module:
+        """The initial model, or :class:`MissingInputError` naming what to pass."""
+        if self.init_model is None:
+            raise MissingInputError(
+                "this measure needs the initial weights: pass init_model= (the network as it "
+                "was before the first optimizer update)"
+            )
+        return self.init_model
+
+    def initial_parameter(self, name: str, shape: torch.Size) -> torch.Tensor:
+        """``init_model``'s parameter ``name``, which has the trained parameter's ``shape``.
+
+        Raises:
+            MissingInputError: without an initial model.
+            ModelError: if ``init_model`` lacks the parameter or has it in another shape.
+        """
+        initial = dict(self.require_init_model().named_parameters()).get(name)
+        if initial is None:
+            raise ModelError(f"parameter {name!r} of the trained model is not in init_model")
+        if initial.shape != shape:
+            raise ModelError(
+                f"parameter {name!r}: shape {tuple(shape)} in the trained model, "
+                f"{tuple(initial.shape)} in init_model"
+            )
+        return initial
+
     @property
     def init_layers(self) -> list[WeightLayer]:
         """Weight layers of the folded initial model, matched to :attr:`layers` by position.
@@ -281,12 +307,7 @@ class MeasureContext:
 
         def compute() -> list[WeightLayer]:
             trained = self.layers  # an unsupported architecture is reported before a missing input
-            if self.init_model is None:
-                raise MissingInputError(
-                    "this measure needs the initial weights: pass init_model= (the network as it "
-                    "was before the first optimizer update)"
-                )
-            folded = fold_batchnorm(self.init_model, self.input_shape)
+            folded = fold_batchnorm(self.require_init_model(), self.input_shape)
             init = _checked_layers(folded, self.input_shape, "init_model")
             if len(init) != len(trained):
                 raise ModelError(

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from genmeasures.errors import MissingInputError, ModelError, NumericalError
+from genmeasures.errors import ModelError, NumericalError
 from genmeasures.models import ConvGeometry, WeightLayer
 from genmeasures.models.probe import WEIGHT_TYPES, record_calls
 
@@ -150,25 +150,10 @@ def initial_matrices(ctx: MeasureContext) -> list[WeightLayer] | list[WeightMatr
         return ctx.init_layers
 
     def compute() -> list[WeightMatrix]:
-        trained = weight_matrices(ctx)
-        if ctx.init_model is None:
-            raise MissingInputError(
-                "this measure needs the initial weights: pass init_model= (the network as it "
-                "was before the first optimizer update)"
-            )
-        initial = dict(ctx.init_model.named_parameters())
-        out = []
-        for matrix in trained:
-            tensor = initial.get(matrix.parameter)
-            if tensor is None:
-                raise ModelError(f"parameter {matrix.parameter!r} is not in init_model")
-            if tensor.shape != matrix.tensor.shape:
-                raise ModelError(
-                    f"parameter {matrix.parameter!r}: shape {tuple(matrix.tensor.shape)} in the "
-                    f"trained model, {tuple(tensor.shape)} in init_model"
-                )
-            out.append(_replace_tensor(matrix, tensor))
-        return out
+        return [
+            _replace_tensor(matrix, ctx.initial_parameter(matrix.parameter, matrix.tensor.shape))
+            for matrix in weight_matrices(ctx)
+        ]
 
     return ctx.cached("matrices/initial", compute)
 

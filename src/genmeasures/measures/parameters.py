@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genmeasures.errors import MissingInputError, ModelError, NumericalError
+from genmeasures.errors import ModelError, NumericalError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.functional import layer_parameter_names
 
@@ -149,23 +149,11 @@ def initial_parameters(ctx: MeasureContext, theta: Theta) -> torch.Tensor:
     """
     if theta.folded:
         return _initial_layers(ctx)
-    if ctx.init_model is None:
-        raise MissingInputError(
-            "this measure needs the initial weights: pass init_model= (the network as it was "
-            "before the first optimizer update)"
-        )
-    initial = dict(ctx.init_model.named_parameters())
-    tensors = []
-    for name, tensor in zip(theta.names, theta.tensors(), strict=True):
-        if name not in initial:
-            raise ModelError(f"parameter {name!r} of the trained model is not in init_model")
-        if initial[name].shape != tensor.shape:
-            raise ModelError(
-                f"parameter {name!r}: shape {tuple(tensor.shape)} in the trained model, "
-                f"{tuple(initial[name].shape)} in init_model"
-            )
-        tensors.append(initial[name].detach().double().reshape(-1))
-    extra = sorted(set(initial) - set(theta.names))
+    tensors = [
+        ctx.initial_parameter(name, tensor.shape).detach().double().reshape(-1)
+        for name, tensor in zip(theta.names, theta.tensors(), strict=True)
+    ]
+    extra = sorted(set(dict(ctx.require_init_model().named_parameters())) - set(theta.names))
     if extra:
         raise ModelError(f"parameter {extra[0]!r} of init_model is not in the trained model")
     return torch.cat(tensors)
