@@ -100,13 +100,7 @@ def margin_percentile(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def fisher_rao_by_loop(model: nn.Module, weights: list[torch.Tensor], inputs, labels) -> float:
     """(d+1)²/m Σ_j ⟨w, ∇_w ℓ_j⟩², one backward pass per example."""
-    total = 0.0
-    for x, y in zip(inputs, labels, strict=True):
-        loss = F.cross_entropy(model(x[None]), y[None])
-        grads = torch.autograd.grad(loss, weights)
-        inner = sum(float((w.detach() * g).sum()) for w, g in zip(weights, grads, strict=True))
-        total += inner**2
-    return (len(weights) + 1) ** 2 * total / len(labels)
+    return (len(weights) + 1) ** 2 * fisher_rao_norm_by_loop(model, weights, inputs, labels)
 
 
 def fisher_rao_norm_by_loop(model: nn.Module, weights: list[torch.Tensor], inputs, labels) -> float:
