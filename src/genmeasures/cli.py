@@ -164,7 +164,7 @@ def _study(args: argparse.Namespace) -> int:
         failed = _train_models(zoo, args)
     measures = args.measures or list(zoo.space.measures)
     with stages("measuring"):
-        _measure_models(zoo, measures, args.data_root)
+        _measure_models(zoo, measures, args.data_root, args.workers)
     with stages("evaluating"):
         evaluation = evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed)
     with stages("report"):
@@ -253,18 +253,20 @@ def _show(args: argparse.Namespace) -> int:
 
 def _measure_study(args: argparse.Namespace) -> int:
     zoo = Zoo(args.study)
-    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root)
+    _measure_models(zoo, args.measures or list(zoo.space.measures), args.data_root, args.workers)
     return 0
 
 
-def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None) -> None:
+def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None, workers: int) -> None:
     with tqdm(desc="measuring", unit="model", file=sys.stderr, disable=None) as bar:
 
         def on_model(config: Config, done: int, total: int) -> None:
             bar.total = total
             bar.update()
 
-        summary = measure_zoo(zoo, measures, data_root=data_root, on_model=on_model)
+        summary = measure_zoo(
+            zoo, measures, data_root=data_root, workers=workers, on_model=on_model
+        )
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))

@@ -63,8 +63,9 @@ def parser() -> argparse.ArgumentParser:
         "(Kendall's tau, granulated tau, conditional mutual information, baselines) and writes "
         "a report. Re-running resumes each step where it stopped.",
     )
-    # A study's units outnumber the cores: one process per core beats threads (2 cores: the
-    # quick preset trains in 545 s with 2 workers, 675 s in one process with 2 threads).
+    # A study's models outnumber the cores: one process per core beats threads, for training
+    # (2 cores: the quick preset trains in 545 s with 2 workers, 675 s in one process with 2
+    # threads) and for measuring.
     _add_training_options(study, source_required=False, default_workers=_cores())
     study.add_argument(
         "--measures",
@@ -124,6 +125,13 @@ def parser() -> argparse.ArgumentParser:
     )
     measure.add_argument("study", type=Path, nargs="?", default=None, help="study folder")
     measure.add_argument("--data-root", default=None, help="folder of MNIST/CIFAR-10/SVHN files")
+    measure.add_argument(
+        "--workers",
+        type=int,
+        default=_cores(),
+        help="with a study folder: parallel worker processes, one torch thread each (default "
+        f"{_cores()})",
+    )
     data = measure.add_argument_group("data")
     data.add_argument("--dataset", default="mnist1d", choices=list_datasets())
     data.add_argument("--root", default=None, help="folder of a file-based dataset")

@@ -242,6 +242,36 @@ def test_frozen_parameters_and_multidimensional_inputs() -> None:
         assert not torch.equal(run.model.out.weight, run.init_model.out.weight)
 
 
+def test_nin_members_with_batchnorm_and_dropout_train_in_a_unit_as_alone() -> None:
+    # The convolutional NiN of Jiang et al. 2020 (BatchNorm2d after every convolution, dropout
+    # after every block) on 1x8x8 images, three optimizers in one unit, float32: each member is
+    # the bits of its own single run, in either order of the unit.
+    data = gm.load_dataset("digits", normalize=True, train_size=60, test_size=30)
+    base = {"target_ce": 0.3, "max_epochs": 6, **SHARED}
+    configs = [
+        TrainingConfig(optimizer="sgd", lr=0.1, l2=5e-4, seed=0, **base),
+        TrainingConfig(optimizer="adam", lr=1e-3, seed=1, **base),
+        TrainingConfig(optimizer="rmsprop", lr=1e-3, l2=3e-4, seed=2, **base | {"max_epochs": 3}),
+    ]
+    models = [
+        gm.build_model("nin", data.input_shape, 10, depth=2, width=8, dropout=0.25, seed=i)
+        for i in range(len(configs))
+    ]
+    alone = [
+        train_to_target(copy.deepcopy(m), data, c) for m, c in zip(models, configs, strict=True)
+    ]
+    backwards = train_batched(
+        [copy.deepcopy(m) for m in reversed(models)], data, list(reversed(configs))
+    )
+    runs = train_batched(models, data, configs)
+    for run, reversed_run, reference in zip(runs, reversed(backwards), alone, strict=True):
+        assert_same_run(run, reference)
+        assert_same_run(reversed_run, reference)
+        running_mean = run.model.state_dict()["block1.bn1.running_mean"]
+        assert not torch.equal(running_mean, run.init_model.state_dict()["block1.bn1.running_mean"])
+    assert len({run.metrics["steps"] for run in runs}) >= 2, "members must stop apart"
+
+
 def test_global_rng_and_threads_are_left_alone() -> None:
     data = make_blobs(20)
     configs = [TrainingConfig(lr=0.1, max_epochs=2, seed=s, **SHARED) for s in range(2)]

@@ -210,6 +210,41 @@ def test_measure_zoo_is_resumable_and_keys_values_by_parameters(trained: Zoo) ->
 
 
 @pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")
+def test_measuring_in_worker_processes_stores_the_same_values(
+    trained: Zoo, trained_once: Path, tmp_path: Path
+) -> None:
+    measures = ["param-norm", "pacbayes-flatness", "sharpness-flatness"]
+    options = {
+        "pacbayes-flatness": {"s_max": 2, "steps": 2, "draws": 2},
+        "sharpness-flatness": {"restarts": 1, "ascent_steps": 2},
+    }
+    alone = measure_zoo(trained, measures, options=options)
+    pooled_zoo = Zoo(shutil.copytree(trained_once, tmp_path / "pooled"))
+    seen: list[tuple[int, int]] = []
+    pooled = measure_zoo(
+        pooled_zoo,
+        measures,
+        options=options,
+        workers=2,
+        on_model=lambda config, done, total: seen.append((done, total)),
+    )
+    assert (pooled.measured, pooled.values, pooled.statuses) == (
+        alone.measured,
+        alone.values,
+        alone.statuses,
+    )
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    columns = ["model", "name", "params", "value", "converged", "status"]
+    expected = trained.measures_table()[columns].sort_values(["model", "name"])
+    received = pooled_zoo.measures_table()[columns].sort_values(["model", "name"])
+    pd.testing.assert_frame_equal(
+        received.reset_index(drop=True), expected.reset_index(drop=True), check_exact=True
+    )
+    with pytest.raises(StudyError, match="workers must be a positive int, got 0"):
+        measure_zoo(pooled_zoo, measures, workers=0)
+
+
+@pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")
 def test_a_study_resumed_with_another_spelling_of_an_option_recomputes_nothing(
     trained: Zoo,
 ) -> None:
@@ -254,8 +289,22 @@ def test_plan_units_groups_shared_architectures() -> None:
     assert sorted(len(u) for u in units) == [6, 6]
     assert all(len({c.model_hparams["width"] for c in u}) == 1 for u in units)
     assert [len(u) for u in plan_units(configs, batched=False)] == [1] * 12
-    assert max(len(u) for u in plan_units(configs, batched=True, max_unit=4)) == 4
-    assert len(plan_units(configs[:6], batched=True, workers=2)) == 2
+    assert [len(u) for u in plan_units(configs, batched=True, max_unit=4)] == [3, 3, 3, 3]
+    assert [u[0].index for u in units] == sorted(u[0].index for u in units), "grid order"
+
+
+def test_a_parallel_plan_balances_its_units_and_starts_the_costliest() -> None:
+    space = tiny_space(lr=[0.05, 0.02, 0.01], width=[8, 16], seed=list(range(6)))
+    configs = space.configs()  # 36: two groups of 18, one per width
+    units = plan_units(configs, batched=True, workers=2)
+    # About 8 units per worker: 18 members cut into units of at most ceil(36 / 16) = 3.
+    assert sorted(len(u) for u in units) == [3] * 12
+    widths = [u[0].model_hparams["width"] for u in units]
+    assert widths == [16] * 6 + [8] * 6, "the wider (costlier) units first"
+    assert all(len({c.model_hparams["width"] for c in u}) == 1 for u in units)
+    assert sorted(c.index for u in units for c in u) == list(range(36))
+    singles = plan_units(configs, batched=False, workers=2)
+    assert [u[0].model_hparams["width"] for u in singles] == [16] * 18 + [8] * 18
 
 
 #: The tables of a study as genmeasures wrote them before the schema carried a version (v1).

@@ -8,30 +8,28 @@ parallel, each worker with one torch thread, since oversubscribed threads are fa
 thread per process.
 
 Workers die with their driver: a pool worker exits as soon as the driver is gone, however it
-went (:func:`_follow_driver`), and an interrupted driver stops its workers without waiting for
-their units. A local Ray instance mostly fate-shares with the driver by itself
+went (:func:`genmeasures.zoo.pool.worker_pool`), and an interrupted driver stops its workers
+without waiting for their units. A local Ray instance mostly fate-shares with the driver by itself
 (``PR_SET_PDEATHSIG``); the processes that would outlive a killed driver (Ray's per-node agents)
 are ended by a watchdog (:mod:`genmeasures.zoo.watchdog`).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import signal
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 from genmeasures.errors import StudyError
 from genmeasures.zoo.batched import SHARED_FIELDS
+from genmeasures.zoo.pool import first_completed, worker_pool
 from genmeasures.zoo.space import Config, canonical_json
+from genmeasures.zoo.space.memory import forward_multiply_adds
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.watchdog import watch_descendants
@@ -41,6 +39,9 @@ EXECUTORS = ("local", "ray")
 
 #: Most members in one unit: bounds what a kill can lose and what one worker holds.
 MAX_UNIT = 32
+
+#: Units per worker that a parallel plan aims at: enough for the last ones to be short.
+UNITS_PER_WORKER = 8
 
 #: Called after each stored result with (result, models finished so far, models to train).
 ResultCallback = Callable[[ModelResult, int, int], None]
@@ -80,12 +81,17 @@ def _unit_key(config: Config) -> str:
 def plan_units(
     configs: Sequence[Config], *, batched: bool, workers: int = 1, max_unit: int = MAX_UNIT
 ) -> list[list[Config]]:
-    """Cut configs into units of work, in grid order of their first member.
+    """Cut configs into units of work, in the order they should start.
 
     With ``batched``, configs that share data, architecture and the settings a unit shares
-    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size and loss checks) form one unit,
-    split so that units have at most ``max_unit`` members and, when there are fewer groups than
-    ``workers``, so that every worker gets a unit.
+    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size and loss checks) form units of at
+    most ``max_unit`` members; otherwise each config is a unit. In one process the units follow
+    the grid order. For parallel workers the units are balanced: each group is split into
+    near-equal units so that there are about :data:`UNITS_PER_WORKER` units per worker, and the
+    costliest units start first (longest-processing-time-first, by the multiply-adds of a forward
+    pass, :func:`~genmeasures.zoo.space.memory.forward_multiply_adds`), so that no worker is left
+    with a long unit while the others are idle. A configuration trains to the same bits in any
+    unit (:mod:`genmeasures.zoo.batched`): the plan changes only the time.
 
     Args:
         configs: The configs to train.
@@ -97,16 +103,24 @@ def plan_units(
         The units.
     """
     if not batched:
-        return [[config] for config in configs]
-    groups: dict[str, list[Config]] = defaultdict(list)
-    for config in configs:
-        groups[_unit_key(config)].append(config)
-    size = max_unit
-    if 0 < len(groups) < workers:
-        largest = max(len(group) for group in groups.values())
-        size = min(max_unit, max(1, -(-largest * len(groups) // workers)))
-    units = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
-    return sorted(units, key=lambda unit: unit[0].index)
+        units = [[config] for config in configs]
+    else:
+        groups: dict[str, list[Config]] = defaultdict(list)
+        for config in configs:
+            groups[_unit_key(config)].append(config)
+        size = max_unit
+        if workers > 1:
+            size = min(size, max(1, -(-len(configs) // (UNITS_PER_WORKER * workers))))
+        units = []
+        for group in groups.values():
+            parts = -(-len(group) // size)
+            units += [group[part::parts] for part in range(parts)]
+    if workers == 1:
+        return sorted(units, key=lambda unit: unit[0].index)
+    return sorted(
+        units,
+        key=lambda unit: (-sum(forward_multiply_adds(c) for c in unit), unit[0].index),
+    )
 
 
 def _run_in_process(
@@ -144,30 +158,6 @@ def _run_queued(
                 store(result)
 
 
-def _follow_driver(lifeline: Connection) -> None:
-    """Pool initializer: end this worker as soon as the driver is gone, however it went.
-
-    The driver holds the only write end of the ``lifeline`` pipe (spawned processes inherit no
-    descriptor they are not given, and the driver gives only the read end). The kernel closes
-    it when the driver exits, even by SIGKILL, and the watching thread then reads end-of-file
-    and exits the process at once; the driver also closes it on purpose to stop its workers
-    without waiting for their units. Unlike ``prctl(PR_SET_PDEATHSIG)`` this does not depend on
-    which driver thread started the worker, and unlike polling ``os.getppid()`` it reacts
-    immediately. The worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
-    driver alone decides how to stop.
-
-    Args:
-        lifeline: The read end of the driver's pipe.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        lifeline.poll(None)  # the driver never writes: readable means end of file
-        os._exit(1)  # no cleanup: the driver is the only writer, there is nothing to save
-
-    threading.Thread(target=watch, name="genmeasures-driver-watch", daemon=True).start()
-
-
 def _run_pool(
     units: list[list[Config]],
     zoo: Zoo,
@@ -176,27 +166,12 @@ def _run_pool(
     store: Callable[[ModelResult], None],
     workers: int,
 ) -> None:
-    # Spawned (not forked) workers: a fork of a process that has run torch can deadlock.
-    context = multiprocessing.get_context("spawn")
-    lifeline, keep_alive = context.Pipe(duplex=False)
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_follow_driver,
-        initargs=(lifeline,),
-    )
+    doing = f"training a unit of {zoo.path}"
 
     def finished(futures: list[Future[list[ModelResult]]]) -> list[tuple[Any, Any]]:
-        done, _ = wait(futures, return_when=FIRST_COMPLETED)
-        try:
-            return [(future, future.result()) for future in done]
-        except BrokenProcessPool as error:
-            raise StudyError(
-                f"a worker process died while training a unit of {zoo.path} (killed from "
-                "outside, or out of memory?); run the same command to resume"
-            ) from error
+        return [(future, future.result()) for future in first_completed(futures, doing)]
 
-    try:
+    with worker_pool(workers) as pool:
         _run_queued(
             units,
             zoo,
@@ -205,13 +180,6 @@ def _run_pool(
             submit=lambda unit: pool.submit(collect_unit, unit, data_root, batched),
             finished=finished,
         )
-    except BaseException:
-        keep_alive.close()  # stopped (Ctrl-C, SIGTERM, error): end the workers, do not wait
-        raise
-    finally:
-        pool.shutdown(cancel_futures=True)
-        keep_alive.close()
-        lifeline.close()
 
 
 def _init_ray(ray: Any, address: str | None) -> None:

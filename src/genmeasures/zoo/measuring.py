@@ -5,7 +5,9 @@ parameters is not computed again, so an interrupted ``genmeasures measure DIR`` 
 it stopped, and asking for a measure with other options adds values beside the old ones. A stored
 value computed by another implementation version of its measure is stale
 (:mod:`genmeasures.zoo.versions`): it is computed again and replaced. Each model's values are
-written in one transaction as soon as they are computed.
+written in one transaction as soon as they are computed. Models are measured in this process or
+in a pool of worker processes (:mod:`genmeasures.zoo.pool`), one torch thread each; this process
+alone writes the study.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from genmeasures.data import Dataset
-from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning
-from genmeasures.measures import compute
+from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
+from genmeasures.measures import MeasureResult, compute
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
+from genmeasures.zoo.batched import one_torch_thread
+from genmeasures.zoo.checkpoint import load_run
+from genmeasures.zoo.pool import completed_in_pool
 from genmeasures.zoo.space import Config
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
 from genmeasures.zoo.versions import is_stale
+from genmeasures.zoo.worker import cached_dataset
 
 #: Called after each model with (config, models done so far, models to measure).
 ModelCallback = Callable[[Config, int, int], None]
@@ -55,6 +61,14 @@ class MeasureSummary:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def add_model(self, results: list[MeasureResult], stale: int) -> None:
+        """Count one measured model's values, ``stale`` of which replaced stale ones."""
+        self.measured += 1
+        self.values += len(results)
+        self.recomputed += stale
+        for result in results:
+            self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+
 
 def _to_compute(
     specs: list[MeasureSpec],
@@ -80,12 +94,54 @@ def _to_compute(
     return wanted, stale
 
 
+@dataclass(frozen=True)
+class MeasureTask:
+    """One model's measures to compute: what a measuring worker receives.
+
+    Attributes:
+        config: The model's configuration (its data, seed).
+        checkpoints: Its checkpoint folder, verified by the driver.
+        names: The measures to compute.
+        options: Measure name → keyword parameters, for these measures.
+        data_root: Folder of file-based datasets.
+    """
+
+    config: Config
+    checkpoints: Path
+    names: tuple[str, ...]
+    options: Mapping[str, Mapping[str, Any]]
+    data_root: str | None
+
+
+def measure_model(task: MeasureTask) -> tuple[list[MeasureResult], list[str]]:
+    """Compute one model's measures; its results and the warnings they raised.
+
+    Runs with one torch thread, in a worker process or in the driver, so a value does not
+    depend on the number of workers that computed the study.
+    """
+    run = load_run(task.checkpoints)
+    dataset = cached_dataset(task.config, task.data_root)
+    with one_torch_thread(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GenMeasuresWarning)
+        results = compute(
+            run.model,
+            dataset,
+            measures=list(task.names),
+            init_model=run.init_model,
+            records=run.records,
+            seed=task.config.seed,
+            options=dict(task.options),
+        )
+    return [results[name] for name in results], [str(warning.message) for warning in caught]
+
+
 def measure_zoo(
     zoo: Zoo,
     measures: str | Iterable[str] = "all",
     *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     data_root: str | None = None,
+    workers: int = 1,
     on_model: ModelCallback | None = None,
 ) -> MeasureSummary:
     """Compute the requested measures for every ``done`` model of a study and store them.
@@ -93,14 +149,18 @@ def measure_zoo(
     A value already stored with the same parameters is skipped unless it is stale (computed by
     another implementation version of its measure): then it is computed again and replaced.
     Each model is measured with its training data, its initial weights and its training records,
-    with ``seed`` = the config's seed. Models that did not reach the target are not measured:
-    they are excluded from every score (``EVALUATION.md``).
+    with ``seed`` = the config's seed, with one torch thread (:func:`measure_model`). Models that
+    did not reach the target are not measured: they are excluded from every score
+    (``EVALUATION.md``). With ``workers > 1`` models are measured in parallel worker processes;
+    this process stores each model's values as they come, so an interrupted call loses at most
+    the models being measured.
 
     Args:
         zoo: The study.
         measures: Names, aliases or glob patterns (as :func:`genmeasures.compute` takes).
         options: Measure name → keyword parameters.
         data_root: Folder of file-based datasets.
+        workers: Parallel worker processes (1: measure in this process).
         on_model: Called after each model, e.g. to drive a progress bar.
 
     Returns:
@@ -109,50 +169,54 @@ def measure_zoo(
     Raises:
         UnknownMeasureError: for a name that is not registered.
         MeasureError: for options a measure does not accept.
+        StudyError: for a bad worker count, or a worker process that died.
     """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise StudyError(f"workers must be a positive int, got {workers!r}")
     start = time.perf_counter()
     specs = [spec for spec, _ in resolve_measures(measures)]
     options = {get_measure(name).name: value for name, value in (options or {}).items()}
     summary = MeasureSummary()
     configs = zoo.configs((ModelState.DONE,))
-    dataset: tuple[str, Dataset] | None = None
-    seen_warnings: dict[str, None] = {}
-    for position, config in enumerate(configs, start=1):
+    position = 0
+
+    def progress(config: Config) -> None:
+        nonlocal position
+        position += 1
+        if on_model is not None:
+            on_model(config, position, len(configs))
+
+    tasks: list[MeasureTask] = []
+    stale_counts: dict[str, int] = {}
+    for config in configs:
         missing, stale = _to_compute(specs, options, config.seed, zoo.stored_measures(config.hash))
         if not missing:
             summary.up_to_date += 1
-        else:
-            try:
-                run = zoo.load(config.hash)
-            except CorruptCheckpointError:
-                summary.corrupt += 1
-            else:
-                key = config.data_hash
-                if dataset is None or dataset[0] != key:
-                    dataset = (key, config.load_dataset(data_root))
-                wanted = [spec.name for spec in missing]
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", GenMeasuresWarning)
-                    results = compute(
-                        run.model,
-                        dataset[1],
-                        measures=wanted,
-                        init_model=run.init_model,
-                        records=run.records,
-                        seed=config.seed,
-                        options={n: o for n, o in options.items() if n in wanted},
-                    )
-                for warning in caught:
-                    seen_warnings.setdefault(f"{config.hash}: {warning.message}")
-                zoo.record_measures(config.hash, [results[name] for name in results])
-                summary.measured += 1
-                summary.values += len(results)
-                summary.recomputed += stale
-                for name in results:
-                    status = results[name].status
-                    summary.statuses[status] = summary.statuses.get(status, 0) + 1
-        if on_model is not None:
-            on_model(config, position, len(configs))
+            progress(config)
+            continue
+        try:
+            checkpoints = zoo.verified_checkpoint_dir(config.hash)
+        except CorruptCheckpointError:
+            summary.corrupt += 1
+            progress(config)
+            continue
+        names = tuple(spec.name for spec in missing)
+        wanted = {name: value for name, value in options.items() if name in names}
+        tasks.append(MeasureTask(config, checkpoints, names, wanted, data_root))
+        stale_counts[config.hash] = stale
+
+    if workers == 1:
+        outcomes: Iterable[tuple[MeasureTask, Any]] = ((t, measure_model(t)) for t in tasks)
+    else:
+        outcomes = completed_in_pool(measure_model, tasks, workers, f"measuring {zoo.path}")
+    seen_warnings: dict[str, None] = {}
+    for task, (results, messages) in outcomes:
+        model_hash = task.config.hash
+        zoo.record_measures(model_hash, results)
+        for message in messages:
+            seen_warnings.setdefault(f"{model_hash}: {message}")
+        summary.add_model(results, stale_counts[model_hash])
+        progress(task.config)
     summary.warnings = list(seen_warnings)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -467,12 +467,21 @@ class Zoo:
             CorruptCheckpointError: if a file does not match its digest; the model is then
                 sent back to ``pending`` with a warning.
         """
+        return load_run(self.verified_checkpoint_dir(model_hash))
+
+    def verified_checkpoint_dir(self, model_hash: str) -> Path:
+        """A model's checkpoint folder, its files verified against their digests.
+
+        Raises:
+            CorruptCheckpointError: if a file does not match its digest; the model is then
+                sent back to ``pending`` with a warning.
+        """
         try:
             self.verify(model_hash)
         except CorruptCheckpointError as error:
             self.invalidate(model_hash, str(error))
             raise
-        return load_run(self.checkpoint_dir(model_hash))
+        return self.checkpoint_dir(model_hash)
 
     # ------------------------------------------------------------------ measures
 

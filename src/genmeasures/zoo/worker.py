@@ -43,7 +43,7 @@ Emit = Callable[[ModelResult], None]
 _DATASETS: dict[tuple[str, str | None], Dataset] = {}
 
 
-def _dataset(config: Config, data_root: str | None) -> Dataset:
+def cached_dataset(config: Config, data_root: str | None) -> Dataset:
     """The config's dataset, loaded once per process and data settings."""
     key = (config.data_hash, data_root)
     if key not in _DATASETS:
@@ -105,7 +105,7 @@ def train_unit(
     """
     with one_torch_thread():
         try:
-            dataset = _dataset(configs[0], data_root)
+            dataset = cached_dataset(configs[0], data_root)
             models = [config.build_model(dataset) for config in configs]
         except Exception:
             for config in configs:

@@ -45,7 +45,15 @@ if TYPE_CHECKING:
     from genmeasures.zoo.space.config import Config
     from genmeasures.zoo.space.grid import Space
 
-__all__ = ["COPIES", "MemoryNeed", "check_memory", "human_bytes", "machine_memory", "memory_need"]
+__all__ = [
+    "COPIES",
+    "MemoryNeed",
+    "check_memory",
+    "forward_multiply_adds",
+    "human_bytes",
+    "machine_memory",
+    "memory_need",
+]
 
 #: Copies of the parameters training holds at once: weights, gradients, optimizer state (at
 #: least one), the initial model and the state after the first epoch.
@@ -117,18 +125,23 @@ def machine_memory() -> int | None:
 @cache
 def _model_size(
     model: str, dataset: str, hparams: tuple[tuple[str, Any], ...]
-) -> tuple[int | None, int, int]:
-    """(parameters, bytes per parameter, activation elements per example) of a model."""
+) -> tuple[int | None, int, int, int]:
+    """(parameters, bytes per parameter, activation elements, multiply-adds) per example."""
     spec = DATASETS[dataset]
     try:
         network = build_meta_model(model, spec.input_shape, spec.num_classes, **dict(hparams))
     except RuntimeError:  # a storage size over 2**63 bytes: torch cannot describe the tensor
-        return None, 4, 0
+        return None, 4, 0, OVERFLOW
     parameters = list(network.parameters())
     outputs: list[int] = []
+    multiply_adds: list[int] = []
 
     def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         outputs.append(output.numel())
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            # A dense or convolutional layer: each weight is used once per output position.
+            multiply_adds.append(weight.numel() * (output.numel() // output.shape[1]))
 
     hooks = [
         module.register_forward_hook(record)
@@ -140,7 +153,7 @@ def _model_size(
     for hook in hooks:
         hook.remove()
     element_bytes = parameters[0].element_size() if parameters else 4
-    return sum(p.numel() for p in parameters), element_bytes, sum(outputs)
+    return sum(p.numel() for p in parameters), element_bytes, sum(outputs), sum(multiply_adds)
 
 
 def memory_need(config: Config) -> MemoryNeed:
@@ -149,10 +162,23 @@ def memory_need(config: Config) -> MemoryNeed:
     Raises:
         ModelError: If the configuration's model cannot be built for its dataset.
     """
-    parameters, element_bytes, activations = _model_size(
+    parameters, element_bytes, activations, _ = _model_size(
         config.model, config.dataset, tuple(sorted(config.model_hparams.items()))
     )
     return MemoryNeed(parameters, element_bytes, activations, config.training.batch_size)
+
+
+def forward_multiply_adds(config: Config) -> int:
+    """Multiply-adds of one example's forward pass through the dense and convolutional layers.
+
+    A model's training time per epoch grows with it: the zoo orders its units of work by it,
+    costliest first (:func:`genmeasures.zoo.executors.plan_units`). Counted without building the
+    model, like :func:`memory_need`.
+
+    Raises:
+        ModelError: If the configuration's model cannot be built for its dataset.
+    """
+    return _model_size(config.model, config.dataset, tuple(sorted(config.model_hparams.items())))[3]
 
 
 def _values(config: Config) -> dict[str, Any]:
