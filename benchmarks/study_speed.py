@@ -1,8 +1,9 @@
 """Where a default study's time goes: each stage, the costliest measures, units against singles.
 
 Runs the stages of ``genmeasures study`` on a preset (default: the CLI's default) in a temporary
-folder, as the command does: training with one worker per core in units, the preset's measures,
-the evaluation and the report. It prints each stage's seconds, the measures that took longest
+folder, as the command does: training, measuring and drawing the report's figures with one worker
+process per core (one torch thread each), training in units, the preset's measures, the
+evaluation and the report. It prints each stage's seconds, the measures that took longest
 (their stored ``seconds``, summed over the models), then trains the same configurations again
 one model at a time (``--no-batch``, the same workers) and prints the ratio of the two training
 times and how many models' checkpoints differ between the two (none: one configuration, one
@@ -47,11 +48,11 @@ def main() -> None:
         with stages("training"):
             train_zoo(zoo, workers=args.workers)
         with stages("measuring"):
-            measure_zoo(zoo, list(space.measures))
+            measure_zoo(zoo, list(space.measures), workers=args.workers)
         with stages("evaluating"):
             evaluation = evaluate_zoo(zoo, list(space.measures))
         with stages("report"):
-            write_zoo_report(zoo, evaluation)
+            write_zoo_report(zoo, evaluation, workers=args.workers)
         print(stages.summary())
 
         costs = zoo.measures_table().groupby("name")["seconds"].sum().sort_values()

@@ -72,6 +72,7 @@ _ERRORS = (
     "UnknownMeasureError",
     "UnsupportedInputError",
     "UnsupportedLayerError",
+    "WorkerError",
 )
 _SOURCES: dict[str, str] = {
     **dict.fromkeys(_ERRORS, "genmeasures.errors"),
@@ -115,6 +116,7 @@ __all__ = [
     "UnknownMeasureError",
     "UnsupportedInputError",
     "UnsupportedLayerError",
+    "WorkerError",
     "Zoo",
     "__version__",
     "build_model",

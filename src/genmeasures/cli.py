@@ -168,7 +168,7 @@ def _study(args: argparse.Namespace) -> int:
     with stages("evaluating"):
         evaluation = evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed)
     with stages("report"):
-        report = write_zoo_report(zoo, evaluation, args.report)
+        report = write_zoo_report(zoo, evaluation, args.report, workers=args.workers)
     _print_report(evaluation, report)
     print(stages.summary())
     return 1 if failed else 0

@@ -73,5 +73,9 @@ class CorruptCheckpointError(StudyError):
     """A checkpoint file does not match the digest recorded with its model."""
 
 
+class WorkerError(GenMeasuresError):
+    """A worker process died before returning its work (killed from outside, out of memory)."""
+
+
 class GenMeasuresWarning(UserWarning):
     """A value that is returned but deserves attention (undefined measure, no convergence)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genmeasures.errors import EvaluationError
+from genmeasures.errors import EvaluationError, ReportError
 from genmeasures.evaluate import Evaluation, score_table
 from genmeasures.evaluate import report as rp
 from genmeasures.evaluate.report import files, folder
@@ -135,3 +135,18 @@ def test_report_folders_that_cannot_be_used(one: Evaluation, tmp_path: Path) -> 
         rp.write_report(one, tmp_path / "file", title="one")
     with pytest.raises(EvaluationError, match=r"file/report.*is a file, not a folder"):
         rp.write_report(one, tmp_path / "file" / "report", title="one")
+
+
+def test_figures_drawn_by_worker_processes_are_the_same_files(tmp_path: Path) -> None:
+    measures = [f"m{k}" for k in range(2 * folder.MIN_FIGURES_PER_WORKER)]
+    many = evaluation(measures)  # enough figures for two drawing workers
+    rp.write_report(many, tmp_path / "alone", title="many")
+    rp.write_report(many, tmp_path / "pooled", title="many", workers=2)
+    alone, pooled = snapshot(tmp_path / "alone"), snapshot(tmp_path / "pooled")
+    assert len([name for name in alone if name.startswith("figures/")]) > len(measures)
+    assert pooled == alone
+
+
+def test_a_bad_worker_count_is_refused(one: Evaluation, tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="workers must be a positive int, got 0"):
+        rp.write_report(one, tmp_path / "report", title="one", workers=0)

@@ -181,7 +181,11 @@ def evaluate_zoo(
 
 
 def write_zoo_report(
-    zoo: Zoo, evaluation: Evaluation, folder: str | os.PathLike[str] | None = None
+    zoo: Zoo,
+    evaluation: Evaluation,
+    folder: str | os.PathLike[str] | None = None,
+    *,
+    workers: int = 1,
 ) -> Path:
     """Write the report of a study's evaluation (:func:`~genmeasures.evaluate.report.write_report`).
 
@@ -189,6 +193,7 @@ def write_zoo_report(
         zoo: The study.
         evaluation: Its scores, from :func:`evaluate_zoo`.
         folder: The report folder; None: :data:`REPORT_FOLDER` inside the study folder.
+        workers: Processes that draw the figures.
 
     Returns:
         The path of ``report.md``, whose title names the study's space and whose description is
@@ -199,4 +204,5 @@ def write_zoo_report(
         zoo.path / REPORT_FOLDER if folder is None else folder,
         title=f"Study {zoo.space.name}",
         description=zoo.space.description,
+        workers=workers,
     )

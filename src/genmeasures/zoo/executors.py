@@ -8,7 +8,7 @@ parallel, each worker with one torch thread, since oversubscribed threads are fa
 thread per process.
 
 Workers die with their driver: a pool worker exits as soon as the driver is gone, however it
-went (:func:`genmeasures.zoo.pool.worker_pool`), and an interrupted driver stops its workers
+went (:func:`genmeasures.pool.worker_pool`), and an interrupted driver stops its workers
 without waiting for their units. A local Ray instance mostly fate-shares with the driver by itself
 (``PR_SET_PDEATHSIG``); the processes that would outlive a killed driver (Ray's per-node agents)
 are ended by a watchdog (:mod:`genmeasures.zoo.watchdog`).
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmeasures.errors import StudyError
+from genmeasures.pool import first_completed, worker_pool
 from genmeasures.zoo.batched import SHARED_FIELDS
-from genmeasures.zoo.pool import first_completed, worker_pool
 from genmeasures.zoo.space import Config, canonical_json
 from genmeasures.zoo.space.memory import forward_multiply_adds
 from genmeasures.zoo.states import ModelState
@@ -269,6 +269,7 @@ def train_zoo(
     Raises:
         StudyError: for an unknown executor, a bad worker count, a study in use by another
             process, or Ray missing.
+        WorkerError: if a worker process of the local pool died.
     """
     if executor not in EXECUTORS:
         raise StudyError(f"executor must be one of {EXECUTORS}, got {executor!r}")

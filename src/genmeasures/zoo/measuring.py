@@ -6,7 +6,7 @@ it stopped, and asking for a measure with other options adds values beside the o
 value computed by another implementation version of its measure is stale
 (:mod:`genmeasures.zoo.versions`): it is computed again and replaced. Each model's values are
 written in one transaction as soon as they are computed. Models are measured in this process or
-in a pool of worker processes (:mod:`genmeasures.zoo.pool`), one torch thread each; this process
+in a pool of worker processes (:mod:`genmeasures.pool`), one torch thread each; this process
 alone writes the study.
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
 from genmeasures.measures import MeasureResult, compute
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
+from genmeasures.pool import completed_in_pool
 from genmeasures.zoo.batched import one_torch_thread
 from genmeasures.zoo.checkpoint import load_run
-from genmeasures.zoo.pool import completed_in_pool
 from genmeasures.zoo.space import Config
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
@@ -169,7 +169,8 @@ def measure_zoo(
     Raises:
         UnknownMeasureError: for a name that is not registered.
         MeasureError: for options a measure does not accept.
-        StudyError: for a bad worker count, or a worker process that died.
+        StudyError: for a bad worker count.
+        WorkerError: if a worker process died.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise StudyError(f"workers must be a positive int, got {workers!r}")

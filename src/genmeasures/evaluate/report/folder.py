@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from genmeasures.errors import ReportError
 from genmeasures.evaluate.report.figures import (
     figure_png,
     population_figure,
@@ -32,6 +34,11 @@ from genmeasures.evaluate.report.tables import (
     trend_hparams,
 )
 from genmeasures.evaluate.scoring import Evaluation
+from genmeasures.pool import completed_in_pool
+
+#: Figures per worker below which drawing them in this process is quicker than starting workers
+#: (a worker imports matplotlib and pandas, about 2 s; a scatter figure takes about 0.4 s).
+MIN_FIGURES_PER_WORKER = 10
 
 #: The files :func:`write_report` writes into its folder, besides the figures.
 REPORT_FILES = frozenset(
@@ -55,7 +62,12 @@ def _trend_caption(ev: Evaluation, hparam: str) -> str:
 
 
 def write_report(
-    ev: Evaluation, folder: str | os.PathLike[str], *, title: str, description: str = ""
+    ev: Evaluation,
+    folder: str | os.PathLike[str],
+    *,
+    title: str,
+    description: str = "",
+    workers: int = 1,
 ) -> Path:
     """Write the tables, figures and pages of an evaluation into ``folder``.
 
@@ -87,6 +99,8 @@ def write_report(
         folder: The output folder.
         title: The pages' title.
         description: Text under the title (Markdown in ``report.md``, plain text in HTML).
+        workers: Processes that draw the figures (1: this process); the figures are the
+            same bytes either way.
 
     Returns:
         The path of ``report.md``.
@@ -94,13 +108,46 @@ def write_report(
     Raises:
         EvaluationError: if ``folder`` holds files that a report does not write, or cannot be
             created.
+        ReportError: for a worker count that is not a positive int.
+        WorkerError: if a drawing worker process died.
     """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ReportError(f"workers must be a positive int, got {workers!r}")
     with replacing(Path(folder), REPORT_FILES) as staging:
-        _write_files(ev, staging, title=title, description=description)
+        _write_files(ev, staging, title=title, description=description, workers=workers)
     return Path(folder) / "report.md"
 
 
-def _write_files(ev: Evaluation, root: Path, *, title: str, description: str) -> None:
+#: The figures of a report, by kind: each drawn from the evaluation and at most one subject (a
+#: hyperparameter of a trend, a measure of a scatter plot).
+_FIGURES: dict[str, Callable[[Evaluation, str | None], Figure]] = {
+    "scores": lambda ev, _: scores_figure(ev),
+    "population": lambda ev, _: population_figure(ev),
+    "trend": lambda ev, hparam: trend_figure(ev, str(hparam)),
+    "scatter": lambda ev, measure: scatter_figure(ev, str(measure)),
+}
+
+
+def _figure_png(job: tuple[int, Evaluation, str, str | None]) -> tuple[int, bytes]:
+    """Draw one figure of a report as PNG bytes: what a drawing worker does."""
+    index, ev, kind, subject = job
+    return index, figure_png(_FIGURES[kind](ev, subject))
+
+
+def _draw_figures(
+    ev: Evaluation, figures: list[tuple[str, str | None]], workers: int
+) -> list[bytes]:
+    """The PNG bytes of each ``(kind, subject)`` figure, in order, drawn by ``workers``."""
+    jobs = [(index, ev, kind, subject) for index, (kind, subject) in enumerate(figures)]
+    if workers == 1 or len(jobs) < MIN_FIGURES_PER_WORKER * workers:
+        drawn = map(_figure_png, jobs)
+    else:
+        pool = completed_in_pool(_figure_png, jobs, workers, "drawing the report's figures")
+        drawn = (outcome for _, outcome in pool)
+    return [png for _, png in sorted(drawn, key=lambda pair: pair[0])]
+
+
+def _write_files(ev: Evaluation, root: Path, *, title: str, description: str, workers: int) -> None:
     """Write every file of :func:`write_report` into ``root``, an empty folder."""
     figures_dir = root / FIGURES_FOLDER
     figures_dir.mkdir()
@@ -114,19 +161,19 @@ def _write_files(ev: Evaluation, root: Path, *, title: str, description: str) ->
         _write_atomic(root / f"{stem}.tex", to_latex(table))
     _write_atomic(root / "trends.csv", trends_csv(ev))
 
+    jobs = [
+        ("Ψ and K per measure, with the oracle and random levels", "scores.png", "scores", None),
+        ("Population summary (Jiang et al. 2020, figure 1)", "population.png", "population", None),
+    ]
+    for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
+        jobs.append((_trend_caption(ev, hparam), name, "trend", hparam))
+    for measure, name in figure_names(ev.measures).items():
+        jobs.append((f"{measure} against the generalization gap", name, "scatter", measure))
+    pngs = _draw_figures(ev, [(kind, subject) for _, _, kind, subject in jobs], workers)
     figures: list[tuple[str, str, bytes]] = []
-
-    def add(caption: str, name: str, figure: Figure) -> None:
-        png = figure_png(figure)
+    for (caption, name, _, _), png in zip(jobs, pngs, strict=True):
         _write_atomic(figures_dir / name, png)
         figures.append((caption, f"{FIGURES_FOLDER}/{name}", png))
-
-    add("Ψ and K per measure, with the oracle and random levels", "scores.png", scores_figure(ev))
-    add("Population summary (Jiang et al. 2020, figure 1)", "population.png", population_figure(ev))
-    for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
-        add(_trend_caption(ev, hparam), name, trend_figure(ev, hparam))
-    for measure, name in figure_names(ev.measures).items():
-        add(f"{measure} against the generalization gap", name, scatter_figure(ev, measure))
 
     population = population_notes(ev)
     _write_atomic(root / "summary.json", summary_json(ev, title=title, description=description))

@@ -1,9 +1,9 @@
-"""Local worker processes for the driver of a study: spawned, and gone as soon as it is.
+"""Local worker processes of a driver: spawned, and gone as soon as the driver is.
 
-Training (:mod:`genmeasures.zoo.executors`) and measuring (:mod:`genmeasures.zoo.measuring`)
+A study's training (:mod:`genmeasures.zoo.executors`) and measuring
+(:mod:`genmeasures.zoo.measuring`) and a report's figures (:mod:`genmeasures.evaluate.report`)
 run their work in such a pool. Workers only compute and return; the driver, the process that
-opened the pool, is the only writer of the study folder, so a worker that dies loses nothing
-stored.
+opened the pool, is the only writer of files, so a worker that dies loses nothing stored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import TypeVar
 
-from genmeasures.errors import StudyError
+from genmeasures.errors import WorkerError
 
 __all__ = ["completed_in_pool", "first_completed", "worker_pool"]
 
@@ -82,14 +82,14 @@ def first_completed(futures: Iterable[Future[Outcome]], doing: str) -> list[Futu
     """Wait for at least one of ``futures``; the completed ones, their results available.
 
     Raises:
-        StudyError: if a worker process died (``doing`` says what it was doing).
+        WorkerError: if a worker process died (``doing`` says what it was doing).
     """
     done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
     for future in done:
         try:
             future.result()
         except BrokenProcessPool as error:
-            raise StudyError(
+            raise WorkerError(
                 f"a worker process died while {doing} (killed from outside, or out of "
                 "memory?); run the same command to resume"
             ) from error
@@ -105,7 +105,7 @@ def completed_in_pool(
     at a time. ``work`` must be importable (a module-level function).
 
     Raises:
-        StudyError: if a worker process died (``doing`` says what it was doing).
+        WorkerError: if a worker process died (``doing`` says what it was doing).
     """
     queue = iter(tasks)
     with worker_pool(workers) as pool:
