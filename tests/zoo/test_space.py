@@ -30,6 +30,7 @@ PRESETS = (
     "quick",
     "jiang2020-nin-cifar10",
     "jiang2020-nin-svhn",
+    "jiang2020-nin-digits-cpu",
     "tsuzuku2020-random-labels",
     "tsuzuku2020-random-labels-cpu",
     "tsuzuku2020-regularization",
@@ -114,6 +115,24 @@ def test_jiang_presets_follow_appendix_c3() -> None:
         config = preset.configs()[0]
         assert config.training.lr_milestones == (60000, 90000)
         assert config.model_hparams["batchnorm"] is True
+
+
+def test_the_cpu_nin_preset_varies_all_seven_types_of_appendix_c3() -> None:
+    preset = load_space("jiang2020-nin-digits-cpu")
+    types = {"depth", "width", "dropout", "batch_size", "optimizer", "lr", "l2"}
+    assert set(preset.grid) == types
+    assert len(preset) >= 128
+    assert all(len(preset.grid[key]) >= 2 for key in types - {"lr", "l2"})
+    assert preset.grid["optimizer"] == ("sgd", "adam", "rmsprop")
+    for key in ("lr", "l2"):  # per-optimizer lists, as the paper's
+        assert set(preset.grid[key]) == {"sgd", "adam", "rmsprop"}
+        assert all(len(values) >= 2 for values in preset.grid[key].values())
+    assert preset.fixed["dataset"] == "digits"
+    assert preset.fixed["model"] == "nin"
+    config = preset.configs()[0]
+    assert config.model_hparams["batchnorm"] is True
+    assert config.training.target_ce == 0.01
+    assert preset.canonical["optimizer"] == ("sgd", "adam", "rmsprop")
 
 
 def test_load_space_from_a_file(tmp_path: Path) -> None:
