@@ -26,6 +26,7 @@ from genmeasures.pool import completed_in_pool
 from genmeasures.zoo.batched import one_torch_thread
 from genmeasures.zoo.checkpoint import load_run
 from genmeasures.zoo.space import Config
+from genmeasures.zoo.space.memory import forward_multiply_adds
 from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
 from genmeasures.zoo.versions import is_stale
@@ -209,6 +210,8 @@ def measure_zoo(
     if workers == 1:
         outcomes: Iterable[tuple[MeasureTask, Any]] = ((t, measure_model(t)) for t in tasks)
     else:
+        # The largest models first, so that the last ones to finish are quick.
+        tasks.sort(key=lambda task: -forward_multiply_adds(task.config))
         outcomes = completed_in_pool(measure_model, tasks, workers, f"measuring {zoo.path}")
     seen_warnings: dict[str, None] = {}
     for task, (results, messages) in outcomes:
