@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from genmeasures.errors import GenMeasuresWarning
-from genmeasures.zoo import schema
+from genmeasures.zoo import measuring, schema
 from genmeasures.zoo.executors import plan_units, train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.schema import SCHEMA_VERSION
@@ -242,6 +243,28 @@ def test_measuring_in_worker_processes_stores_the_same_values(
     )
     with pytest.raises(StudyError, match="workers must be a positive int, got 0"):
         measure_zoo(pooled_zoo, measures, workers=0)
+
+
+def test_a_warning_raised_by_many_models_is_one_line(
+    trained: Zoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_compute = measuring.compute
+    hashes = [config.hash for config in trained.configs()]
+
+    def warning_compute(*args: object, seed: int, **kwargs: object) -> object:
+        warnings.warn("the same for every model", GenMeasuresWarning, stacklevel=1)
+        if seed == trained.configs()[0].seed:
+            warnings.warn("only these", GenMeasuresWarning, stacklevel=1)
+        return real_compute(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(measuring, "compute", warning_compute)
+    summary = measure_zoo(trained, ["param-norm"])
+    assert sorted(summary.warnings) == sorted(
+        [  # the tiny space has two models of each seed
+            f"4 models ({hashes[0]}, ...): the same for every model",
+            f"2 models ({hashes[0]}, ...): only these",
+        ]
+    )
 
 
 @pytest.mark.filterwarnings("ignore::genmeasures.GenMeasuresWarning")

@@ -49,7 +49,8 @@ class MeasureSummary:
         corrupt: Models skipped because a checkpoint failed verification (sent back to
             ``pending`` for retraining).
         statuses: Count of the computed values by status (ok, missing, undefined, ...).
-        warnings: Distinct warning messages raised while computing.
+        warnings: Distinct warning messages raised while computing, each with the model that
+            raised it or how many did.
         seconds: Wall time of the call.
     """
 
@@ -136,6 +137,13 @@ def measure_model(task: MeasureTask) -> tuple[list[MeasureResult], list[str]]:
     return [results[name] for name in results], [str(warning.message) for warning in caught]
 
 
+def _warning_line(message: str, models: list[str]) -> str:
+    """A warning and the models that raised it: one line however many they are."""
+    if len(models) == 1:
+        return f"{models[0]}: {message}"
+    return f"{len(models)} models ({models[0]}, ...): {message}"
+
+
 def measure_zoo(
     zoo: Zoo,
     measures: str | Iterable[str] = "all",
@@ -213,14 +221,14 @@ def measure_zoo(
         # The largest models first, so that the last ones to finish are quick.
         tasks.sort(key=lambda task: -forward_multiply_adds(task.config))
         outcomes = completed_in_pool(measure_model, tasks, workers, f"measuring {zoo.path}")
-    seen_warnings: dict[str, None] = {}
+    warned: dict[str, dict[str, None]] = {}  # message → the models that raised it
     for task, (results, messages) in outcomes:
         model_hash = task.config.hash
         zoo.record_measures(model_hash, results)
         for message in messages:
-            seen_warnings.setdefault(f"{model_hash}: {message}")
+            warned.setdefault(message, {})[model_hash] = None
         summary.add_model(results, stale_counts[model_hash])
         progress(task.config)
-    summary.warnings = list(seen_warnings)
+    summary.warnings = [_warning_line(message, list(models)) for message, models in warned.items()]
     summary.seconds = time.perf_counter() - start
     return summary
