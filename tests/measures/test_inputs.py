@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 
 import pytest
@@ -141,3 +142,58 @@ def test_integer_inputs_make_the_input_gradient_norm_unsupported_with_a_reason()
     assert "token ids" in grad.message
     with pytest.raises(gm.UnsupportedInputError, match=r"'input-grad-norm'.*real-valued inputs"):
         gm.compute(TokenClassifier(), (ids, labels), measures="input-grad-norm")
+
+
+def test_numpy_arrays_and_lists_of_samples_give_the_values_of_tensors():
+    inputs, labels = data(torch.float64)
+    expected = values(mlp(), (inputs, labels))
+    assert values(mlp(), (inputs.numpy(), labels.numpy())) == expected
+    assert values(mlp(), (list(inputs.numpy()), labels.tolist())) == expected
+    assert values(mlp(), (list(inputs), [int(y) for y in labels])) == expected
+    int32 = labels.numpy().astype("int32")
+    assert values(mlp(), (inputs.numpy(), int32)) == expected
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (
+            (["a", "b"], [0, 1]),
+            r"inputs must be .* numpy array of numbers .*got a numpy array of <U1",
+        ),
+        (({"x": 1}, [0, 1]), r"inputs must be a tensor, a numpy array .*got dict"),
+        (([[1.0, 2.0], [3.0]], [0, 1]), r"inputs: samples of different shapes"),
+        (([], []), r"inputs must be .*non-empty list of samples, got NoneType"),
+    ],
+)
+def test_inputs_that_are_not_numbers_are_named_errors(pair, message):
+    with pytest.raises(gm.MeasureError, match=message):
+        gm.compute(mlp(), pair, measures="param-norm")
+
+
+def test_float_labels_from_numpy_are_refused_like_tensors():
+    inputs, labels = data()
+    with pytest.raises(gm.MeasureError, match=r"labels must be non-negative integer class indices"):
+        gm.compute(mlp(), (inputs.numpy(), labels.numpy().astype("float32")), measures=MEASURES)
+
+
+def test_measures_missing_their_inputs_are_one_warning_naming_what_to_pass():
+    # Selected by patterns: a measure named explicitly raises instead (MissingInputError).
+    with pytest.warns(gm.GenMeasuresWarning) as caught:
+        results = gm.compute(mlp(), data(), measures=["param-norm", "spec-init*", "frob*"])
+    missing = [name for name in results if results[name].status == "missing"]
+    assert missing == [name for name in results if name != "param-norm"]
+    assert "spec-init" in missing and "frob-distance" in missing
+    (line,) = [str(w.message) for w in caught if "are missing" in str(w.message)]
+    count = len(missing)
+    assert line.startswith(f"{count} of {count + 1} measures are missing: {count} because this ")
+    assert "pass init_model=" in line
+    assert f"({', '.join(missing)})" in line
+    assert {w.filename for w in caught if "are missing" in str(w.message)} == {__file__}
+
+
+def test_no_missing_warning_when_every_input_is_given():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm.compute(mlp(), data(), measures=["param-norm", "frob-distance"], init_model=mlp())
+    assert not [w for w in caught if "are missing" in str(w.message)]

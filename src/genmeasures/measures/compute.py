@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,7 +38,8 @@ DEFAULT_BATCH_SIZE = 512
 #: Called after each measure with (measure name, index, total); e.g. to advance a progress bar.
 ProgressCallback = Callable[[str, int, int], None]
 
-TrainingData = Dataset | tuple[torch.Tensor, torch.Tensor] | None
+#: The training set: a Dataset, or (inputs, labels) as tensors, numpy arrays or lists of samples.
+TrainingData = Dataset | tuple[Any, Any] | None
 
 
 def compute(
@@ -63,7 +65,9 @@ def compute(
     Args:
         model: The trained network; its output is the logits.
         data: The training set the model was trained on, as a :class:`~genmeasures.data.Dataset`
-            (its ``train`` split is used) or ``(inputs, labels)``; None for measures that need
+            (its ``train`` split is used) or ``(inputs, labels)``, each a tensor, a numpy array
+            or a list of samples (converted, then checked as tensors: integer labels,
+            floating-point inputs computed in the model's dtype); None for measures that need
             only the architecture.
         measures: ``"all"``, a glob pattern (``"*spec*"``), a name or alias, or a list of them.
         init_model: The network before the first optimizer update, for the init-relative
@@ -150,7 +154,27 @@ def compute(
         results.append(_run_one(spec, ctx, options_by_name[spec.name], explicit=explicit))
         if progress is not None:
             progress(spec.name, index + 1, len(specs))
+    _warn_missing(results)
     return Results(results)
+
+
+def _warn_missing(results: list[MeasureResult]) -> None:
+    """One warning for the measures that came back ``missing``, by the input they need."""
+    missing: dict[str, list[str]] = {}
+    for result in results:
+        if result.status == "missing":
+            missing.setdefault(result.message or "an input is missing", []).append(result.name)
+    if missing:
+        count = sum(len(names) for names in missing.values())
+        reasons = "; ".join(
+            f"{len(names)} because {message} ({', '.join(names)})"
+            for message, names in missing.items()
+        )
+        warnings.warn(
+            f"{count} of {len(results)} measures are missing: {reasons}",
+            GenMeasuresWarning,
+            stacklevel=3,
+        )
 
 
 def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -160,14 +184,11 @@ def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor
         data = data.train
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise MeasureError(
-            "data must be a Dataset, a pair (inputs, labels) of tensors, or None; "
+            "data must be a Dataset, a pair (inputs, labels) of tensors, numpy arrays or lists "
+            "of samples, or None; "
             f"got {type(data).__name__}"
         )
-    inputs, labels = data
-    if not isinstance(inputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise MeasureError(
-            f"data must hold tensors, got ({type(inputs).__name__}, {type(labels).__name__})"
-        )
+    inputs, labels = _as_tensor(data[0], "inputs"), _as_tensor(data[1], "labels")
     if inputs.ndim < 2 or labels.ndim != 1 or len(inputs) != len(labels):
         raise MeasureError(
             f"data must be inputs of shape (m, ...) and labels of shape (m,); got inputs "
@@ -184,6 +205,29 @@ def _training_set(data: TrainingData) -> tuple[torch.Tensor | None, torch.Tensor
             f"and minimum {labels.min().item()}"
         )
     return inputs, labels.long()
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    """A tensor, or a numpy array or a list of samples (numbers, arrays, tensors) as a tensor.
+
+    Validated afterwards like a tensor: labels must then be integers (int64 once checked),
+    floating-point inputs are computed in the model's dtype.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, list | tuple):
+        samples = [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in value]
+        try:
+            value = np.stack([np.asarray(sample) for sample in samples]) if samples else None
+        except ValueError as error:  # samples of different shapes
+            raise MeasureError(f"data's {what}: samples of different shapes ({error})") from None
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        kind = f"a numpy array of {value.dtype}" if isinstance(value, np.ndarray) else None
+        raise MeasureError(
+            f"data's {what} must be a tensor, a numpy array of numbers or a non-empty list of "
+            f"samples, got {kind or type(value).__name__}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(value))
 
 
 def _canonical_options(
