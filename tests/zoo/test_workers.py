@@ -88,8 +88,8 @@ def test_workers_end_with_their_driver_and_the_study_resumes(
         message = stderr.decode().strip()
         assert driver.returncode == 128 + signum
         assert "Traceback" not in message
-        assert message.splitlines()[-1].startswith("genmeasures: interrupted: ")
-        assert message.endswith(" of 12 models stored; run the same command to resume")
+        assert message.splitlines()[-1].startswith("genmeasures: stopped: ")
+        assert message.endswith(" of 12 models finished; run the same command again to resume")
         with Zoo(study) as zoo:
             assert zoo.counts()[ModelState.RUNNING] == 0
     resumed = start(space_file, study, *POOL)
@@ -128,7 +128,7 @@ def test_a_local_ray_instance_ends_with_its_driver(tmp_path: Path, signum: signa
     if signum == signal.SIGTERM:
         assert driver.returncode == 128 + signum, message
         assert "Traceback" not in message
-        assert message.splitlines()[-1].startswith("genmeasures: interrupted: ")
+        assert message.splitlines()[-1].startswith("genmeasures: stopped: ")
 
 
 #: A driver: a child before the watchdog, the watchdog, a child after it; then it is released

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmeasures.errors import StudyError
+from genmeasures.names import EXECUTORS
 from genmeasures.pool import first_completed, worker_pool
 from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
@@ -34,8 +35,6 @@ from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.watchdog import watch_descendants
 from genmeasures.zoo.worker import collect_unit, train_unit
-
-EXECUTORS = ("local", "ray")
 
 #: Most members in one unit: bounds what a kill can lose and what one worker holds.
 MAX_UNIT = 32

@@ -18,6 +18,7 @@ from genmeasures.data import list_datasets
 from genmeasures.errors import MeasureError, SpaceError
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import list_models
+from genmeasures.names import preset_names
 from genmeasures.validation import Declared
 from genmeasures.zoo.space.canonical import read_canonical
 from genmeasures.zoo.space.checks import close, fail, parse, parse_list, show
@@ -279,12 +280,7 @@ def _presets_folder() -> Any:
 
 def list_presets() -> list[str]:
     """Return the names of the packaged presets (``genmeasures/presets/*.toml``), sorted."""
-    folder = _presets_folder()
-    return sorted(
-        entry.name[: -len(".toml")]
-        for entry in folder.iterdir()
-        if entry.is_file() and entry.name.endswith(".toml")
-    )
+    return preset_names()
 
 
 def _read_toml(text: str, source: str) -> dict[str, Any]:
