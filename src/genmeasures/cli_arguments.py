@@ -313,6 +313,12 @@ def _cores() -> int:
 
 def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--converged-only",
+        action="store_true",
+        help="score only the values that converged (default: score every value, counting those "
+        "that did not converge per measure; a study's only)",
+    )
+    parser.add_argument(
         "--report",
         type=_report_folder,
         default=None,

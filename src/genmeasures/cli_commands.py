@@ -168,7 +168,13 @@ def _study(args: argparse.Namespace) -> int:
     with stages("measuring"):
         _measure_models(zoo, measures, args.data_root, args.workers)
     with stages("evaluating"):
-        evaluation = evaluate_zoo(zoo, measures, draws=args.draws, seed=args.baseline_seed)
+        evaluation = evaluate_zoo(
+            zoo,
+            measures,
+            draws=args.draws,
+            seed=args.baseline_seed,
+            converged_only=args.converged_only,
+        )
     with stages("report"):
         report = write_zoo_report(zoo, evaluation, args.report, workers=args.workers)
     _print_report(evaluation, report)
@@ -186,13 +192,24 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "knows its own"
             )
         zoo = Zoo(args.study)
-        evaluation = evaluate_zoo(zoo, args.measures, draws=args.draws, seed=args.baseline_seed)
+        evaluation = evaluate_zoo(
+            zoo,
+            args.measures,
+            draws=args.draws,
+            seed=args.baseline_seed,
+            converged_only=args.converged_only,
+        )
         _warn_stale(zoo, evaluation.measures)
         report = write_zoo_report(zoo, evaluation, args.report)
     else:
         if args.hparams is None:
             raise GenMeasuresError(
                 "--table needs --hparams A,B,...: the columns that are hyperparameters"
+            )
+        if args.converged_only:
+            raise GenMeasuresError(
+                "--converged-only needs a study folder: a table does not say which values "
+                "converged (leave those out of the table instead)"
             )
         evaluation = score_table(
             read_table(args.table),
@@ -212,7 +229,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _print_report(evaluation: Evaluation, report: Path) -> None:
     print(format_summary(evaluation))
-    print(f"report: {report}", file=sys.stderr)
+    print(f"report: {report.with_name('report.html')} (also report.md)", file=sys.stderr)
 
 
 def _status_line(zoo: Zoo) -> str:

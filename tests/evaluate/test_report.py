@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -172,9 +174,10 @@ def test_format_summary_lists_every_row(ev: Evaluation) -> None:
     summary_ev = evaluate(table, ["m1", long])
     text = rp.format_summary(summary_ev)
     lines = text.splitlines()
-    assert "τ-a" in lines[0]
-    assert f"{summary_ev.models} models scored" in lines[0]
-    assert f"{summary_ev.excluded} excluded" in lines[0]
+    head = next(line for line in lines if "models scored" in line)
+    assert "τ-a" in head
+    assert f"{summary_ev.models} models scored" in head
+    assert f"{summary_ev.excluded} excluded" in head
     assert max(len(line) for line in lines) <= 100
     for name in ["m1", *summary_ev.baselines]:
         assert any(line.startswith(name + " ") for line in lines), name
@@ -183,11 +186,46 @@ def test_format_summary_lists_every_row(ev: Evaluation) -> None:
     own = summary_ev.ranks.loc["canonical ordering", list(summary_ev.hparams)]
     assert canonical.endswith(", ".join(f"{name} {value:.3f}" for name, value in own.items()))
     m1 = next(line for line in lines if line.startswith("m1 "))
+    tau = summary_ev.ranks.at["m1", "tau"]
     assert m1.split()[1:] == [
-        f"{summary_ev.ranks.at['m1', 'tau']:.3f}",
         f"{summary_ev.ranks.at['m1', 'Psi']:.3f}",
+        f"{tau:.3f}",
+        f"{tau / rp.tau_null_sd(summary_ev.models):.1f}",
         f"{summary_ev.cmi.at['m1', 'K']:.4f}",
     ]
+
+
+def test_the_summary_opens_with_the_findings_and_ranks_by_psi() -> None:
+    measures = ["m1", "m2", "m3"]
+    summary_ev = evaluate(make_table(measures), measures)
+    summary_ev = dataclasses.replace(summary_ev, unconverged={"m2": 3})
+    text = rp.format_summary(summary_ev)
+    ranked = rp.ranked_measures(summary_ev)
+    psi = [summary_ev.ranks.at[name, "Psi"] for name in ranked]
+    assert psi == sorted(psi, reverse=True)
+    assert text.startswith(f"Best by Ψ: {ranked[0]} (Ψ {psi[0]:.3f}")
+    paragraph = " ".join(text[: text.index("Kendall")].split())
+    assert "oracle 0.01 Ψ" in paragraph and "random Ψ" in paragraph
+    assert "3 values of 1 measure did not converge (scored as computed" in paragraph
+    rows = [
+        line.split()[0] for line in text.splitlines() if line.split()[:1] in ([m] for m in measures)
+    ]
+    assert rows == ranked
+    m2 = next(line for line in text.splitlines() if line.startswith("m2 "))
+    assert m2.split()[-1] == "3"
+
+
+def test_the_null_sd_of_tau_matches_random_rankings() -> None:
+    rng = np.random.default_rng(0)
+    n = 30
+    gap = rng.normal(size=n)
+    taus = []
+    for _ in range(4000):
+        mu = rng.normal(size=n)
+        signs = np.sign(np.subtract.outer(mu, mu) * np.subtract.outer(gap, gap))
+        taus.append(signs.sum() / (n * (n - 1)))
+    assert np.std(taus) == pytest.approx(rp.tau_null_sd(n), rel=0.05)
+    assert math.isnan(rp.tau_null_sd(1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +334,20 @@ def test_report_html_is_self_contained_and_escaped(written: tuple[Evaluation, Pa
         assert html.escape(note) in page
 
 
+def test_the_html_page_opens_with_the_findings_and_the_ranked_measures(
+    written: tuple[Evaluation, Path],
+) -> None:
+    odd, folder = written
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    findings = page.index(">Findings</h2>")
+    board = page.index("Measures ranked by Ψ")
+    toc = page.index("<nav>")
+    assert findings < board < toc < page.index('class="description"')
+    best = html.escape(rp.ranked_measures(odd)[0])
+    assert page.index(f"Best by Ψ: {best}") < board
+    assert page.count("<details>") == 1 + 3  # the description, and each full table
+
+
 def test_report_markdown_content(written: tuple[Evaluation, Path]) -> None:
     odd, folder = written
     text = (folder / "report.md").read_text(encoding="utf-8")
@@ -305,7 +357,10 @@ def test_report_markdown_content(written: tuple[Evaluation, Path]) -> None:
     for note in odd.notes:
         assert f"- {note}" in text
     assert "Kendall τ-a: ties count 0" in text
-    assert text.count("| measure ") == 3
+    assert text.count("| measure ") == 4  # the leaderboard, then the three full tables
+    findings = text[text.index("## Findings") : text.index("## Population and notes")]
+    assert f"Best by Ψ: {rp.ranked_measures(odd)[0]}".replace("<", "\\<") in findings
+    assert "| unconverged |" in findings
     # Alt texts hold escaped brackets ("rescaled to \[0, 1\]").
     links = re.findall(r"!\[(?:\\.|[^\]\\])*\]\((figures/[^)]+)\)", text)
     assert len(links) == len(set(links)) == 2 + len(HPARAMS) + len(odd.measures)

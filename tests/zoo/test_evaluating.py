@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from genmeasures.zoo.evaluating import evaluate_zoo, scoring_table
 from genmeasures.zoo.executors import train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import space_from_dict
-from genmeasures.zoo.store import Zoo
+from genmeasures.zoo.store import DATABASE_FILE, Zoo
 
 FIXED = {
     "dataset": "digits",
@@ -114,3 +116,31 @@ def test_evaluate_zoo_scores_the_stored_measures_its_selection_names(study: Zoo)
         evaluate_zoo(study, ["param-norm", "sum-of-fro"])
     with pytest.raises(EvaluationError, match="select no measure"):
         evaluate_zoo(study, "*fro*")
+
+
+def test_values_that_did_not_converge_are_counted_and_can_be_left_out(
+    study: Zoo, tmp_path: Path
+) -> None:
+    copy = Zoo(shutil.copytree(study.path, tmp_path / "copy"))
+    done = list(copy.table().query("status == 'done'").index)
+    flagged = done[:3]
+    with sqlite3.connect(copy.path / DATABASE_FILE) as connection:
+        connection.executemany(
+            "UPDATE measures SET converged = 0 WHERE model = ? AND name = 'path-norm'",
+            [(model,) for model in flagged],
+        )
+    assert copy.unconverged() == {"path-norm": flagged}
+    scored = evaluate_zoo(copy, seed=3)
+    assert scored.unconverged == {"path-norm": 3} and not scored.converged_only
+    assert "path-norm" not in scored.dropped
+    assert any(
+        "3 values did not converge (path-norm 3): scored as computed" in n for n in scored.notes
+    )
+    left_out = evaluate_zoo(copy, seed=3, converged_only=True)
+    assert left_out.unconverged == {"path-norm": 3} and left_out.converged_only
+    assert left_out.dropped["path-norm"] == 3
+    table, ranks, _ = scoring_table(copy)
+    table.loc[flagged, "path-norm"] = np.nan
+    by_hand = score_table(table, ["path-norm"], canonical=ranks, seed=3)
+    assert left_out.ranks.at["path-norm", "tau"] == by_hand.ranks.at["path-norm", "tau"]
+    assert scored.ranks.at["param-norm", "tau"] == left_out.ranks.at["param-norm", "tau"]

@@ -126,8 +126,17 @@ def evaluate_zoo(
     epsilons: Sequence[float] = ORACLE_EPSILONS,
     draws: int = 10,
     seed: int = 0,
+    converged_only: bool = False,
 ) -> Evaluation:
     """Score the stored measures of a study (:func:`genmeasures.evaluate.score_table`).
+
+    A value that did not converge (an iterative search stopped before its criterion, e.g. a
+    sharpness search saturated at its bound) is a number the measure's definition does not
+    vouch for. By default it is scored as computed and counted per measure in
+    ``Evaluation.unconverged`` and a note: leaving it out would drop exactly the models where a
+    search saturates, which are not a random subset (the widest networks, for the magnitude-aware
+    sharpness), and change the population a measure is ranked on. ``converged_only`` leaves them
+    out instead: each such value counts as missing for its measure.
 
     Args:
         zoo: The study.
@@ -138,6 +147,7 @@ def evaluate_zoo(
         epsilons: Noise levels of the oracle rows.
         draws: Draws averaged per oracle.
         seed: Seed of the oracle and random draws.
+        converged_only: Score only the values that converged.
 
     Returns:
         The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read,
@@ -158,6 +168,14 @@ def evaluate_zoo(
     named: list[str] = []
     if measures is not None:
         table.attrs[MEASURES_ATTR], named = _selection(zoo, table.attrs[MEASURES_ATTR], measures)
+    flagged = {
+        name: [model for model in models if model in table.index]
+        for name, models in zoo.unconverged().items()
+        if name in table.attrs[MEASURES_ATTR]
+    }
+    if converged_only:
+        for name, models in flagged.items():
+            table.loc[models, name] = float("nan")
     evaluation = score_table(
         table,
         None,  # the measures of attrs, without the ones too few models have a value of
@@ -174,10 +192,31 @@ def evaluate_zoo(
             f"too few finite values to score {', '.join(unscored)} (fewer than 2 among the "
             f"{evaluation.models} finished models): leave them out of the measures to score"
         )
+    scored = set(evaluation.scored.index)
+    unconverged = {
+        name: count
+        for name, models in flagged.items()
+        if name in evaluation.measures and (count := len(scored.intersection(models)))
+    }
+    if unconverged:
+        counts = ", ".join(f"{name} {count}" for name, count in unconverged.items())
+        treatment = (
+            "left out (converged values only)"
+            if converged_only
+            else "scored as computed and flagged (--converged-only leaves them out)"
+        )
+        notes.append(
+            f"{sum(unconverged.values())} values did not converge ({counts}): {treatment}."
+        )
     stale = stale_warning(zoo, evaluation.measures)
     if stale is not None:
         notes.append(f"Warning: {stale}.")
-    return dataclasses.replace(evaluation, notes=[*evaluation.notes, *notes])
+    return dataclasses.replace(
+        evaluation,
+        notes=[*evaluation.notes, *notes],
+        unconverged=unconverged,
+        converged_only=converged_only,
+    )
 
 
 def write_zoo_report(

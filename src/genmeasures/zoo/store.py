@@ -57,7 +57,7 @@ from genmeasures.zoo.opening import migrated, open_database
 from genmeasures.zoo.schema import METRICS, check_schema, create_schema
 from genmeasures.zoo.space import Config, Space, canonical_json
 from genmeasures.zoo.states import ModelState
-from genmeasures.zoo.tables import long_measures, study_table
+from genmeasures.zoo.tables import long_measures, study_table, unconverged_values
 from genmeasures.zoo.versions import current_versions
 
 DATABASE_FILE = "zoo.sqlite"
@@ -548,6 +548,15 @@ class Zoo:
             measures are in the catalog's order.
         """
         return study_table(self._connection, list(self.space.grid), measures=measures)
+
+    def unconverged(self) -> dict[str, list[str]]:
+        """Measure name → the models whose value in :meth:`table` did not converge.
+
+        Such a value comes from an iterative search stopped before its criterion (e.g. a
+        sharpness search saturated at its bound); its status is ``ok`` and it is stored with
+        ``converged`` false.
+        """
+        return unconverged_values(self._connection)
 
     def measures_table(self) -> pd.DataFrame:
         """Every stored measure value in long form, with its parameters, status and versions.

@@ -74,6 +74,15 @@ def _wide_measures(connection: sqlite3.Connection) -> pd.DataFrame:
     return wide[order].astype(float)
 
 
+def unconverged_values(connection: sqlite3.Connection) -> dict[str, list[str]]:
+    """Measure name → the models whose most recently stored value did not converge."""
+    stored = pd.read_sql_query(
+        "SELECT model, name, converged FROM measures ORDER BY rowid", connection
+    ).drop_duplicates(["model", "name"], keep="last")
+    flagged = stored[stored["converged"] == 0]
+    return {str(name): list(group["model"]) for name, group in flagged.groupby("name", sort=False)}
+
+
 def long_measures(connection: sqlite3.Connection) -> pd.DataFrame:
     """Every stored measure value in long form, with its parameters, status and versions.
 

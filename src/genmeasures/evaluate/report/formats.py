@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -286,38 +287,147 @@ def to_csv(df: pd.DataFrame) -> str:
     return df.to_csv(na_rep="", lineterminator="\n")
 
 
+def tau_null_sd(models: int) -> float:
+    """The standard deviation of Kendall's τ-a between a random ranking and ``models`` untied gaps.
+
+    ``sqrt(2(2n + 5) / (9n(n - 1)))`` (Kendall 1938): a measure's τ divided by it is its margin
+    over chance in standard deviations at this population size; NaN below 2 models.
+    """
+    if models < 2:
+        return math.nan
+    return math.sqrt(2 * (2 * models + 5) / (9 * models * (models - 1)))
+
+
+def ranked_measures(ev: Evaluation) -> list[str]:
+    """The measures scored, best first: by Ψ, then by K (missing scores last)."""
+
+    def key(name: str) -> tuple[float, float]:
+        psi = ev.ranks.at[name, "Psi"] if name in ev.ranks.index else math.nan
+        k = ev.cmi.at[name, "K"] if name in ev.cmi.index else math.nan
+        return (-psi if math.isfinite(psi) else math.inf, -k if math.isfinite(k) else math.inf)
+
+    return sorted((m for m in ev.measures if m in ev.ranks.index), key=key)
+
+
+def findings(ev: Evaluation, *, best: int = 3) -> str:
+    """A few sentences that answer the question: which measures rank the gap best, by how much.
+
+    They name the ``best`` measures by Ψ (with τ and τ's margin over chance in standard
+    deviations), the best by K, the 0.01-oracle's and the random measure's Ψ for reference, the
+    type along which the best measure ranks worst (its lowest ψ_i), and how many values did not
+    converge or models were excluded.
+    """
+    ranked = [m for m in ranked_measures(ev) if math.isfinite(ev.ranks.at[m, "Psi"])]
+    if not ranked:
+        return "No measure could be scored."
+    sd = tau_null_sd(ev.models)
+
+    def scores(name: str) -> str:
+        tau = ev.ranks.at[name, "tau"]
+        margin = f", {tau / sd:.1f} sd over chance" if math.isfinite(sd) and sd > 0 else ""
+        return f"{name} (Ψ {ev.ranks.at[name, 'Psi']:.3f}, τ {tau:.3f}{margin})"
+
+    sentences = [f"Best by Ψ: {'; '.join(scores(name) for name in ranked[:best])}."]
+    by_k = [m for m in ev.measures if m in ev.cmi.index and math.isfinite(ev.cmi.at[m, "K"])]
+    if by_k:
+        top = max(by_k, key=lambda name: ev.cmi.at[name, "K"])
+        sentences.append(f"Best by K: {top} (K {ev.cmi.at[top, 'K']:.4f}).")
+    references = [
+        f"{name} Ψ {ev.ranks.at[name, 'Psi']:.3f}"
+        for name in ev.baselines
+        if name in ev.ranks.index
+        and name != CANONICAL_ROW
+        and (name == ev.baselines[0] or name == "random")
+        and math.isfinite(ev.ranks.at[name, "Psi"])
+    ]
+    if references:
+        sentences.append(f"For reference: {', '.join(references)}.")
+    psi = ev.ranks.loc[ranked[0], [h for h in ev.hparams if h in ev.ranks.columns]].dropna()
+    if len(psi) > 1:
+        sentences.append(
+            f"{ranked[0]} ranks worst along {psi.idxmin()} (ψ {psi.min():.3f}) and best along "
+            f"{psi.idxmax()} (ψ {psi.max():.3f})."
+        )
+    if ev.unconverged:
+        treatment = "left out" if ev.converged_only else "scored as computed"
+        values, measures = sum(ev.unconverged.values()), len(ev.unconverged)
+        sentences.append(
+            f"{values} value{'s' * (values != 1)} of {measures} measure{'s' * (measures != 1)} "
+            f"did not converge ({treatment}; column 'unconv.')."
+        )
+    if ev.excluded:
+        sentences.append(f"{ev.excluded} models did not finish and are excluded.")
+    return " ".join(sentences)
+
+
+def leaderboard(ev: Evaluation) -> pd.DataFrame:
+    """The measures ranked (:func:`ranked_measures`), then the oracles and the random measure.
+
+    Columns: Ψ, τ, τ/sd (τ's margin over chance in standard deviations, :func:`tau_null_sd`),
+    K, and ``unconverged``, the scored values of the measure that did not converge (0 for a
+    plain table, which does not say).
+    """
+    rows = {}
+    names = [*ranked_measures(ev), *(b for b in ev.baselines if b != CANONICAL_ROW)]
+    for name in names:
+        tau = ev.ranks.at[name, "tau"] if name in ev.ranks.index else np.nan
+        sd = tau_null_sd(ev.models - ev.dropped.get(name, 0))
+        rows[name] = {
+            "Ψ": ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan,
+            "τ": tau,
+            "τ/sd": tau / sd if math.isfinite(sd) and sd > 0 else np.nan,
+            "K": ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan,
+            "unconverged": ev.unconverged.get(name, 0) if name in ev.measures else np.nan,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("measure")
+    table.attrs["baselines"] = [b for b in ev.baselines if b in rows]
+    table.attrs["decimals"] = 3
+    table.attrs["caption"] = (
+        "Measures ranked by Ψ (then K), with τ, τ's margin over chance in standard deviations at "
+        "this number of models, K and the values that did not converge; the oracles and the "
+        "random measure below for reference."
+    )
+    return table
+
+
 def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
-    """The compact table printed after a study: τ, Ψ and K of every measure and baseline.
+    """The table printed after a study: the findings, then the measures ranked, then baselines.
 
     Args:
         ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
         name_width: Longest row label shown; longer ones are cut with ``…``.
 
     Returns:
-        A first line stating that τ is Kendall's τ-a and how many models were scored and
-        excluded, then one line per measure, a rule, one line per oracle and the random
-        measure (at most ``name_width + 30`` characters wide; missing values read ``N/A``), and
-        a last line with the canonical orderings' ψ of their own types.
+        :func:`findings` wrapped to 100 characters; a line stating that τ is Kendall's τ-a and
+        how many models were scored and excluded; one line per measure, best first
+        (:func:`ranked_measures`), with Ψ, τ, τ's margin over chance in standard deviations
+        (:func:`tau_null_sd`), K and the values that did not converge; a rule; one line per
+        oracle and the random measure (missing values read ``N/A``); and a last line with the
+        canonical orderings' ψ of their own types.
     """
     width = max(len("measure"), min(name_width, max((len(r) for r in ev.ranks.index), default=0)))
-    line = f"{{:<{width}}}  {{:>8}}  {{:>8}}  {{:>8}}"
+    line = f"{{:<{width}}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}"
 
     def row(name: str) -> str:
         tau = ev.ranks.at[name, "tau"] if name in ev.ranks.index else np.nan
         psi = ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan
         k = ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan
-        cells = [format_number(v, d) or "N/A" for v, d in ((tau, 3), (psi, 3), (k, 4))]
-        return line.format(_shorten(name, width), *cells)
+        sd = tau_null_sd(ev.models - ev.dropped.get(name, 0))
+        margin = tau / sd if math.isfinite(sd) and sd > 0 else np.nan
+        cells = [format_number(v, d) or "N/A" for v, d in ((psi, 3), (tau, 3), (margin, 1), (k, 4))]
+        unconverged = str(ev.unconverged.get(name, "")) if name in ev.measures else ""
+        return line.format(_shorten(name, width), *cells, unconverged).rstrip()
 
     head = (
         f"{TAU_A}. {ev.models} models scored, {ev.excluded} excluded (not finished)"
         + (f", measures with NaN values: {len(ev.dropped)}" if ev.dropped else "")
         + "."
     )
-    lines = [head, line.format("measure", "τ", "Ψ", "K")]
-    measures = [m for m in ev.ranks.index if m not in ev.baselines]
-    lines += [row(name) for name in measures]
-    lines.append("-" * len(lines[1]))
+    paragraph = textwrap.fill(findings(ev), 100)
+    header = line.format("measure", "Ψ", "τ", "τ/sd", "K", "unconv.")
+    lines = [paragraph, "", head, header]
+    lines += [row(name) for name in ranked_measures(ev)]
+    lines.append("-" * len(header))
     lines += [
         row(name)
         for name in ev.baselines

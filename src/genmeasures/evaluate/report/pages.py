@@ -8,7 +8,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from genmeasures.evaluate.report.formats import _markdown_text, to_html, to_markdown
+from genmeasures.evaluate.report.formats import (
+    _markdown_text,
+    findings,
+    leaderboard,
+    to_html,
+    to_markdown,
+)
 from genmeasures.evaluate.scoring import Evaluation
 
 
@@ -40,6 +46,9 @@ figure { margin: 1em 0 2em; }
 figcaption { color: #444; font-size: 0.9em; }
 img { max-width: 100%; height: auto; }
 .description { white-space: pre-wrap; }
+.findings { font-size: 1.05em; max-width: 60em; }
+nav ul { columns: 2; }
+details > summary { cursor: pointer; font-weight: 600; margin: 0.5em 0; }
 """.strip()
 
 
@@ -52,17 +61,27 @@ def _html_page(
     population: Sequence[str],
 ) -> str:
     esc = html.escape
+    sections = ["Findings", "Population and notes", *(h for h, _ in tables), "Figures"]
+    anchors = {heading: f"section-{k}" for k, heading in enumerate(sections)}
     body = [f"<h1>{esc(title)}</h1>"]
-    if description:
-        body.append(f'<p class="description">{esc(description)}</p>')
+    body.append(f'<h2 id="{anchors["Findings"]}">Findings</h2>')
+    body.append(f'<p class="findings">{esc(findings(ev))}</p>')
+    body.append(to_html(leaderboard(ev)))
+    toc = "".join(f'<li><a href="#{anchors[h]}">{esc(h)}</a></li>' for h in sections[1:])
+    body.append(f"<nav><ul>{toc}</ul></nav>")
+    body.append(f'<h2 id="{anchors["Population and notes"]}">Population and notes</h2>')
     body.append(f"<p>{esc(_models_sentence(ev))}</p>")
     if ev.notes:
-        body.append("<h2>Notes</h2>")
         body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in ev.notes) + "</ul>")
+    if description:
+        body.append(
+            "<details><summary>The population's description</summary>"
+            f'<p class="description">{esc(description)}</p></details>'
+        )
     for heading, table in tables:
-        body.append(f"<h2>{esc(heading)}</h2>")
-        body.append(to_html(table))
-    body.append("<h2>Figures</h2>")
+        body.append(f'<h2 id="{anchors[heading]}">{esc(heading)}</h2>')
+        body.append(f"<details><summary>Show the table</summary>{to_html(table)}</details>")
+    body.append(f'<h2 id="{anchors["Figures"]}">Figures</h2>')
     if population:
         body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in population) + "</ul>")
     for caption, _, png in figures:
@@ -87,12 +106,13 @@ def _markdown_page(
     figures: Sequence[tuple[str, str, bytes]],
     population: Sequence[str],
 ) -> str:
-    lines = [f"# {_markdown_text(title)}", ""]
+    lines = [f"# {_markdown_text(title)}", "", "## Findings", ""]
+    lines += [_markdown_text(findings(ev)), "", to_markdown(leaderboard(ev))]
+    lines += ["## Population and notes", "", _markdown_text(_models_sentence(ev)), ""]
+    if ev.notes:
+        lines += [*(f"- {_markdown_text(n)}" for n in ev.notes), ""]
     if description:
         lines += [description.strip(), ""]
-    lines += [_markdown_text(_models_sentence(ev)), ""]
-    if ev.notes:
-        lines += ["## Notes", "", *(f"- {_markdown_text(n)}" for n in ev.notes), ""]
     for heading, table in tables:
         lines += [f"## {heading}", "", to_markdown(table)]
     lines += ["## Figures", ""]
