@@ -353,7 +353,7 @@ def findings(ev: Evaluation, *, best: int = 3) -> str:
         values, measures = sum(ev.unconverged.values()), len(ev.unconverged)
         sentences.append(
             f"{values} value{'s' * (values != 1)} of {measures} measure{'s' * (measures != 1)} "
-            f"did not converge ({treatment}; column 'unconv.')."
+            f"did not converge ({treatment}; counted per measure in the table)."
         )
     if ev.excluded:
         sentences.append(f"{ev.excluded} models did not finish and are excluded.")
@@ -380,6 +380,7 @@ def leaderboard(ev: Evaluation) -> pd.DataFrame:
             "unconverged": ev.unconverged.get(name, 0) if name in ev.measures else np.nan,
         }
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("measure")
+    table["unconverged"] = table["unconverged"].astype("Int64")  # counts, not reals
     table.attrs["baselines"] = [b for b in ev.baselines if b in rows]
     table.attrs["decimals"] = 3
     table.attrs["caption"] = (
