@@ -198,7 +198,9 @@ def test_format_summary_lists_every_row(ev: Evaluation) -> None:
 def test_the_summary_opens_with_the_findings_and_ranks_by_psi() -> None:
     measures = ["m1", "m2", "m3"]
     summary_ev = evaluate(make_table(measures), measures)
-    summary_ev = dataclasses.replace(summary_ev, unconverged={"m2": 3})
+    summary_ev = dataclasses.replace(
+        summary_ev, unconverged={"m2": tuple(summary_ev.scored.index[:3])}
+    )
     text = rp.format_summary(summary_ev)
     ranked = rp.ranked_measures(summary_ev)
     psi = [summary_ev.ranks.at[name, "Psi"] for name in ranked]
@@ -252,6 +254,20 @@ def test_scatter_figure_panels_points_and_scale() -> None:
     assert matplotlib.get_backend() == backend
     with pytest.raises(KeyError, match="not scored"):
         rp.scatter_figure(scored, "gap")
+
+
+def test_values_that_did_not_converge_are_crosses_in_every_panel() -> None:
+    scored = evaluate(make_table(["m1"]), ["m1"])
+    flagged = tuple(scored.scored.index[:4])
+    figure = rp.scatter_figure(dataclasses.replace(scored, unconverged={"m1": flagged}), "m1")
+    for panel in (ax for ax in figure.axes if ax.get_visible()):
+        dots, crosses = panel.collections
+        assert len(dots.get_offsets()) == scored.models - 4
+        assert len(crosses.get_offsets()) == 4
+        assert sorted(map(tuple, crosses.get_offsets().tolist())) == sorted(
+            (scored.scored.at[label, "gap"], scored.scored.at[label, "m1"]) for label in flagged
+        )
+    assert figure.get_suptitle().endswith("× did not converge: 4)")
 
 
 def test_scores_figure_sorted_bars_and_reference_lines(ev: Evaluation) -> None:

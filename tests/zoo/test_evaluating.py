@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -129,15 +130,24 @@ def test_values_that_did_not_converge_are_counted_and_can_be_left_out(
             "UPDATE measures SET converged = 0 WHERE model = ? AND name = 'path-norm'",
             [(model,) for model in flagged],
         )
+        saturated = {"search": "sharpness-mag-alpha", "reason": "saturated", "saturated": "low"}
+        connection.execute(
+            "UPDATE measures SET extra = ? WHERE model = ? AND name = 'path-norm'",
+            (json.dumps(saturated), flagged[0]),
+        )
     assert copy.unconverged() == {"path-norm": flagged}
+    assert copy.unconverged_reasons() == {
+        "path-norm": "search sharpness-mag-alpha saturated low: at its smallest scale the accuracy "
+        "already moves by more than the target (1 model); stopped: reason not recorded (2 models)"
+    }
     scored = evaluate_zoo(copy, seed=3)
-    assert scored.unconverged == {"path-norm": 3} and not scored.converged_only
+    assert scored.unconverged == {"path-norm": tuple(flagged)} and not scored.converged_only
     assert "path-norm" not in scored.dropped
     assert any(
         "3 values did not converge (path-norm 3): scored as computed" in n for n in scored.notes
     )
     left_out = evaluate_zoo(copy, seed=3, converged_only=True)
-    assert left_out.unconverged == {"path-norm": 3} and left_out.converged_only
+    assert left_out.unconverged == {"path-norm": tuple(flagged)} and left_out.converged_only
     assert left_out.dropped["path-norm"] == 3
     table, ranks, _ = scoring_table(copy)
     table.loc[flagged, "path-norm"] = np.nan

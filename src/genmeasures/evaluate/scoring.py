@@ -87,9 +87,9 @@ class Evaluation:
         draws: Draws averaged per oracle.
         seed: The seed of the oracle and random draws.
         notes: Sentences for the report: exclusions, drops, incomplete grid, constant types.
-        unconverged: For each measure, how many of the scored models' values did not converge
-            (known for a study, :func:`genmeasures.zoo.evaluating.evaluate_zoo`; empty for a
-            plain table).
+        unconverged: For each measure, the scored models (row labels of :attr:`scored`) whose
+            value did not converge (known for a study,
+            :func:`genmeasures.zoo.evaluating.evaluate_zoo`; empty for a plain table).
         converged_only: Whether those values were left out of the scores (else scored, flagged).
     """
 
@@ -112,7 +112,7 @@ class Evaluation:
     draws: int
     seed: int
     notes: list[str] = field(default_factory=list)
-    unconverged: dict[str, int] = field(default_factory=dict)
+    unconverged: dict[str, tuple[str, ...]] = field(default_factory=dict)
     converged_only: bool = False
 
 

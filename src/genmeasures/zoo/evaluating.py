@@ -194,20 +194,24 @@ def evaluate_zoo(
         )
     scored = set(evaluation.scored.index)
     unconverged = {
-        name: count
-        for name, models in flagged.items()
-        if name in evaluation.measures and (count := len(scored.intersection(models)))
+        name: models
+        for name, flagged_models in flagged.items()
+        if name in evaluation.measures
+        and (models := tuple(m for m in flagged_models if m in scored))
     }
     if unconverged:
-        counts = ", ".join(f"{name} {count}" for name, count in unconverged.items())
+        counts = ", ".join(f"{name} {len(models)}" for name, models in unconverged.items())
         treatment = (
             "left out (converged values only)"
             if converged_only
             else "scored as computed and flagged (--converged-only leaves them out)"
         )
         notes.append(
-            f"{sum(unconverged.values())} values did not converge ({counts}): {treatment}."
+            f"{sum(map(len, unconverged.values()))} values did not converge ({counts}): "
+            f"{treatment}."
         )
+        reasons = zoo.unconverged_reasons()
+        notes += [f"{name}: {reasons[name]}." for name in unconverged if name in reasons]
     stale = stale_warning(zoo, evaluation.measures)
     if stale is not None:
         notes.append(f"Warning: {stale}.")

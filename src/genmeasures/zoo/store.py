@@ -57,7 +57,12 @@ from genmeasures.zoo.opening import migrated, open_database
 from genmeasures.zoo.schema import METRICS, check_schema, create_schema
 from genmeasures.zoo.space import Config, Space, canonical_json
 from genmeasures.zoo.states import ModelState
-from genmeasures.zoo.tables import long_measures, study_table, unconverged_values
+from genmeasures.zoo.tables import (
+    long_measures,
+    study_table,
+    unconverged_reasons,
+    unconverged_values,
+)
 from genmeasures.zoo.versions import current_versions
 
 DATABASE_FILE = "zoo.sqlite"
@@ -557,6 +562,10 @@ class Zoo:
         ``converged`` false.
         """
         return unconverged_values(self._connection)
+
+    def unconverged_reasons(self) -> dict[str, str]:
+        """Measure name → why its values in :meth:`table` did not converge, in words."""
+        return unconverged_reasons(self._connection)
 
     def measures_table(self) -> pd.DataFrame:
         """Every stored measure value in long form, with its parameters, status and versions.

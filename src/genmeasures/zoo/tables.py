@@ -74,13 +74,48 @@ def _wide_measures(connection: sqlite3.Connection) -> pd.DataFrame:
     return wide[order].astype(float)
 
 
+#: What a search's stopping reason means, for the report (``MEASURES.md`` §5).
+_REASONS = {
+    ("saturated", "low"): "saturated low: at its smallest scale the accuracy already moves by "
+    "more than the target",
+    ("saturated", "high"): "saturated high: at its largest scale the accuracy still moves by "
+    "less than the target",
+    ("max-steps", None): "ran out of steps before reaching the target's tolerance",
+}
+
+
 def unconverged_values(connection: sqlite3.Connection) -> dict[str, list[str]]:
     """Measure name → the models whose most recently stored value did not converge."""
-    stored = pd.read_sql_query(
-        "SELECT model, name, converged FROM measures ORDER BY rowid", connection
-    ).drop_duplicates(["model", "name"], keep="last")
-    flagged = stored[stored["converged"] == 0]
+    flagged = _unconverged_rows(connection)
     return {str(name): list(group["model"]) for name, group in flagged.groupby("name", sort=False)}
+
+
+def unconverged_reasons(connection: sqlite3.Connection) -> dict[str, str]:
+    """Measure name → why its values did not converge: each search, reason and count."""
+    flagged = _unconverged_rows(connection)
+    reasons: dict[str, str] = {}
+    for name, group in flagged.groupby("name", sort=False):
+        counts: dict[str, int] = {}
+        for extra in group["extra"]:
+            details = json.loads(extra) if isinstance(extra, str) and extra else {}
+            why = _REASONS.get(
+                (details.get("reason"), details.get("saturated")),
+                f"stopped: {details.get('reason', 'reason not recorded')}",
+            )
+            search = details.get("search")
+            key = f"search {search} {why}" if search else why
+            counts[key] = counts.get(key, 0) + 1
+        reasons[str(name)] = "; ".join(
+            f"{key} ({n} model{'s' * (n != 1)})" for key, n in counts.items()
+        )
+    return reasons
+
+
+def _unconverged_rows(connection: sqlite3.Connection) -> pd.DataFrame:
+    stored = pd.read_sql_query(
+        "SELECT model, name, converged, extra FROM measures ORDER BY rowid", connection
+    ).drop_duplicates(["model", "name"], keep="last")
+    return stored[stored["converged"] == 0]
 
 
 def long_measures(connection: sqlite3.Connection) -> pd.DataFrame:

@@ -141,8 +141,9 @@ def scatter_figure(ev: Evaluation, measure: str) -> Figure:
 
     In each panel the points are coloured by that type's value (a categorical legend, values
     sorted), as the scatter plots of Tsuzuku et al. 2020 (appendix N.1) and Jiang et al. 2020
-    (figure 2). Only the scored models are drawn (finished, finite measure and gap). The y axis
-    is logarithmic when the measure is positive and spans more than two decades.
+    (figure 2). Only the scored models are drawn (finished, finite measure and gap); values that
+    did not converge (``ev.unconverged``) are crosses, counted in the title. The y axis is
+    logarithmic when the measure is positive and spans more than two decades.
 
     Args:
         ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
@@ -161,6 +162,8 @@ def scatter_figure(ev: Evaluation, measure: str) -> Figure:
     gap = pd.to_numeric(finished[ev.gap], errors="coerce").to_numpy(dtype=np.float64)
     keep = np.isfinite(mu) & np.isfinite(gap)
     rows, mu, gap = finished[keep], mu[keep], gap[keep]
+    # Values that did not converge are drawn as crosses, wherever they are.
+    cross = np.asarray(rows.index.isin(ev.unconverged.get(measure, ())))
     types: Sequence[str | None] = ev.hparams or (None,)
     ncols = min(len(types), 4)
     nrows = math.ceil(len(types) / ncols)
@@ -171,7 +174,8 @@ def scatter_figure(ev: Evaluation, measure: str) -> Figure:
     order = np.random.default_rng(0).permutation(len(mu))
     for ax, name in zip(axes.flat, types, strict=False):
         if name is None:
-            ax.scatter(gap, mu, s=8, alpha=0.8, edgecolors="none")
+            ax.scatter(gap[~cross], mu[~cross], s=8, alpha=0.8, edgecolors="none")
+            ax.scatter(gap[cross], mu[cross], s=14, marker="x", linewidths=0.8)
             continue
         values = rows[name].to_numpy()
         levels = _sorted_levels(rows[name])
@@ -179,7 +183,9 @@ def scatter_figure(ev: Evaluation, measure: str) -> Figure:
         colors = np.zeros((len(mu), 4))
         for level, color in zip(levels, palette, strict=True):
             colors[values == level] = color
-        ax.scatter(gap[order], mu[order], s=8, c=colors[order], alpha=0.8, edgecolors="none")
+        dots, crosses = order[~cross[order]], order[cross[order]]
+        ax.scatter(gap[dots], mu[dots], s=8, c=colors[dots], alpha=0.8, edgecolors="none")
+        ax.scatter(gap[crosses], mu[crosses], s=14, c=colors[crosses], marker="x", linewidths=0.8)
         handles = [
             Line2D([], [], marker="o", linestyle="", markersize=4, color=color, label=label)
             for color, label in zip(
@@ -209,8 +215,9 @@ def scatter_figure(ev: Evaluation, measure: str) -> Figure:
         # Minor ticks on shared log axes double the drawing time; the decades suffice.
         axes[0, 0].yaxis.set_minor_locator(NullLocator())
     tau, psi_all = ev.ranks.at[measure, "tau"], ev.ranks.at[measure, "Psi"]
+    flagged = f"; × did not converge: {int(cross.sum())}" if cross.any() else ""
     figure.suptitle(
-        _mpl_text(f"{measure}   (τ = {_score_text(tau)}, Ψ = {_score_text(psi_all)})"),
+        _mpl_text(f"{measure}   (τ = {_score_text(tau)}, Ψ = {_score_text(psi_all)}{flagged})"),
         fontsize=10,
     )
     return figure

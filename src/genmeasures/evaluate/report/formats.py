@@ -350,7 +350,8 @@ def findings(ev: Evaluation, *, best: int = 3) -> str:
         )
     if ev.unconverged:
         treatment = "left out" if ev.converged_only else "scored as computed"
-        values, measures = sum(ev.unconverged.values()), len(ev.unconverged)
+        values = sum(len(models) for models in ev.unconverged.values())
+        measures = len(ev.unconverged)
         sentences.append(
             f"{values} value{'s' * (values != 1)} of {measures} measure{'s' * (measures != 1)} "
             f"did not converge ({treatment}; counted per measure in the table)."
@@ -377,7 +378,7 @@ def leaderboard(ev: Evaluation) -> pd.DataFrame:
             "τ": tau,
             "τ/sd": tau / sd if math.isfinite(sd) and sd > 0 else np.nan,
             "K": ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan,
-            "unconverged": ev.unconverged.get(name, 0) if name in ev.measures else np.nan,
+            "unconverged": len(ev.unconverged.get(name, ())) if name in ev.measures else np.nan,
         }
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("measure")
     table["unconverged"] = table["unconverged"].astype("Int64")  # counts, not reals
@@ -416,8 +417,9 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
         sd = tau_null_sd(ev.models - ev.dropped.get(name, 0))
         margin = tau / sd if math.isfinite(sd) and sd > 0 else np.nan
         cells = [format_number(v, d) or "N/A" for v, d in ((psi, 3), (tau, 3), (margin, 1), (k, 4))]
-        unconverged = str(ev.unconverged.get(name, "")) if name in ev.measures else ""
-        return line.format(_shorten(name, width), *cells, unconverged).rstrip()
+        unconverged = len(ev.unconverged.get(name, ())) if name in ev.measures else 0
+        flag = str(unconverged) if unconverged else ""
+        return line.format(_shorten(name, width), *cells, flag).rstrip()
 
     head = (
         f"{TAU_A}. {ev.models} models scored, {ev.excluded} excluded (not finished)"
