@@ -49,14 +49,28 @@ def rank_table(ev: Evaluation) -> pd.DataFrame:
         type, ``τ`` (Kendall's τ-a over every scored model) and ``Ψ``. ``attrs`` holds the
         baseline rows, the decimals (3), a caption and a LaTeX label for the writers.
     """
-    table = ev.ranks.rename(columns=_READABLE).rename_axis("measure")
+    table = _with_unconverged(ev, ev.ranks.rename(columns=_READABLE).rename_axis("measure"))
     caption = (
         "Rank correlation with the generalization gap (Jiang et al. 2020, eqs 2-5, table 5). "
         f"{TAU_A}. Columns: ψ_i per hyperparameter type (τ within groups of models that differ "
         "only in that type, averaged over the groups), τ over every scored model, Ψ = mean of "
-        "ψ_i. " + _baselines_sentence(ev)
+        "ψ_i"
+        + ("; unconverged: the values that did not converge" if ev.unconverged else "")
+        + ". "
+        + _baselines_sentence(ev)
     )
     return _annotated(table, ev.baselines, decimals=3, caption=caption, label="tab:ranks")
+
+
+def _with_unconverged(ev: Evaluation, table: pd.DataFrame) -> pd.DataFrame:
+    """The table with an ``unconverged`` count per measure, if some values did not converge."""
+    if not ev.unconverged:
+        return table
+    counts = [
+        len(ev.unconverged.get(str(name), ())) if name in ev.measures else None
+        for name in table.index
+    ]
+    return table.assign(unconverged=pd.array(counts, dtype="Int64"))
 
 
 def cmi_table(ev: Evaluation) -> pd.DataFrame:
@@ -79,7 +93,7 @@ def cmi_table(ev: Evaluation) -> pd.DataFrame:
         "over |S| ≤ 2 and the minimizing set (∅: the empty set). Pairs tied in the measure or "
         "the gap are dropped. " + _baselines_sentence(ev, canonical=False)
     )
-    table = ev.cmi.rename_axis("measure")
+    table = _with_unconverged(ev, ev.cmi.rename_axis("measure"))
     return _annotated(table, ev.baselines, decimals=4, caption=caption, label="tab:cmi")
 
 
