@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from genmeasures.zoo.evaluating import evaluate_zoo, write_zoo_report
 from genmeasures.zoo.executors import train_zoo
 from genmeasures.zoo.measuring import measure_zoo
 from genmeasures.zoo.space import CANONICAL_ORDERS, Config, load_space
+from genmeasures.zoo.space.memory import forward_multiply_adds
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import ModelResult, Zoo
 from genmeasures.zoo.train import TrainingConfig, train_to_target
 from genmeasures.zoo.versions import stale_warning
@@ -116,16 +118,55 @@ def _train_study(args: argparse.Namespace) -> int:
     return 1 if _train_models(_open_study(args), args) else 0
 
 
+class _WorkBar:
+    """A progress bar over models whose percentage and time left follow the work done.
+
+    Each model weighs the multiply-adds of its forward pass
+    (:func:`~genmeasures.zoo.space.memory.forward_multiply_adds`): the costliest models go first,
+    so counting models would promise an end too soon. The models done are shown beside the bar.
+    """
+
+    def __init__(self, desc: str, configs: Sequence[Config]) -> None:
+        self.weights = {c.hash: max(1, forward_multiply_adds(c)) for c in configs}
+        self.desc, self.count, self.done, self.work = desc, len(configs), 0, 0
+        self.total = max(1, sum(self.weights.values()))
+        self.bar = tqdm(
+            total=self.total,
+            desc=f"{desc} 0/{self.count} models",
+            file=sys.stderr,
+            disable=None,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix} [{elapsed}<{remaining}]",
+        )
+
+    def finished(self, model_hash: str, note: str = "") -> None:
+        """One model finished (``note``: e.g. its status)."""
+        self.done += 1
+        self.bar.set_description_str(f"{self.desc} {self.done}/{self.count} models", refresh=False)
+        if note:
+            self.bar.set_postfix_str(f"last {note}", refresh=False)
+        self.work += self.weights.get(model_hash, 0)
+        self.bar.update(self.weights.get(model_hash, 0))
+
+    @property
+    def fraction(self) -> float:
+        """The share of the work done."""
+        return self.work / self.total
+
+    def __enter__(self) -> _WorkBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 def _train_models(zoo: Zoo, args: argparse.Namespace) -> int:
     """Train the study's pending models; returns how many models have failed."""
-    counts = zoo.counts()
-    expected = counts["pending"] + counts["running"] + args.retry_failed * counts["failed"]
-    with tqdm(total=expected, desc="training", unit="model", file=sys.stderr, disable=None) as bar:
+    states = (ModelState.PENDING, ModelState.RUNNING)
+    states += (ModelState.FAILED,) if args.retry_failed else ()
+    with _WorkBar("training", zoo.configs(states)) as bar:
 
         def on_result(result: ModelResult, done: int, total: int) -> None:
-            bar.total = total
-            bar.set_postfix_str(f"last: {result.status}")
-            bar.update()
+            bar.finished(result.hash, result.status)
 
         try:
             summary = train_zoo(
@@ -281,11 +322,10 @@ def _measure_study(args: argparse.Namespace) -> int:
 
 
 def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None, workers: int) -> None:
-    with tqdm(desc="measuring", unit="model", file=sys.stderr, disable=None) as bar:
+    with _WorkBar("measuring", zoo.configs((ModelState.DONE,))) as bar:
 
         def on_model(config: Config, done: int, total: int) -> None:
-            bar.total = total
-            bar.update()
+            bar.finished(config.hash)
 
         summary = measure_zoo(
             zoo, measures, data_root=data_root, workers=workers, on_model=on_model
