@@ -1,17 +1,8 @@
 """The ``genmeasures`` commands: call the API with the parsed arguments, print.
 
 :mod:`genmeasures.cli` parses (:mod:`genmeasures.cli_arguments`) and imports this module, with
-torch, pandas and matplotlib, only to run a command.
-
-Commands:
-    ``genmeasures list [PATTERN]``: the registered measures.
-    ``genmeasures train (--preset NAME | --space FILE) --out DIR``: train a study's models.
-    ``genmeasures show DIR``: a study's status and results table.
-    ``genmeasures measure DIR``: compute measures for every finished model of a study.
-    ``genmeasures evaluate (DIR | --table FILE.csv --hparams A,B)``: score measures, write a report.
-    ``genmeasures study [--preset NAME]``: train, measure and evaluate (default: quick).
-    ``genmeasures measure``: train a small model on a built-in dataset (or load one from a
-    safetensors file and its model spec) and print its measures.
+torch, pandas and matplotlib, only to run a command; :data:`COMMANDS` maps each command's name
+to its function (the commands are listed in :mod:`genmeasures.cli`).
 """
 
 from __future__ import annotations
