@@ -316,18 +316,15 @@ def test_plan_units_groups_shared_architectures() -> None:
     assert [u[0].index for u in units] == sorted(u[0].index for u in units), "grid order"
 
 
-def test_a_parallel_plan_balances_its_units_and_starts_the_costliest() -> None:
+def test_a_parallel_plan_trains_single_models_the_costliest_first() -> None:
     space = tiny_space(lr=[0.05, 0.02, 0.01], width=[8, 16], seed=list(range(6)))
-    configs = space.configs()  # 36: two groups of 18, one per width
-    units = plan_units(configs, batched=True, workers=2)
-    # About 8 units per worker: 18 members cut into units of at most ceil(36 / 16) = 3.
-    assert sorted(len(u) for u in units) == [3] * 12
-    widths = [u[0].model_hparams["width"] for u in units]
-    assert widths == [16] * 6 + [8] * 6, "the wider (costlier) units first"
-    assert all(len({c.model_hparams["width"] for c in u}) == 1 for u in units)
-    assert sorted(c.index for u in units for c in u) == list(range(36))
-    singles = plan_units(configs, batched=False, workers=2)
-    assert [u[0].model_hparams["width"] for u in singles] == [16] * 18 + [8] * 18
+    configs = space.configs()  # 36: 18 of each width
+    for batched in (True, False):
+        units = plan_units(configs, batched=batched, workers=2)
+        assert [len(u) for u in units] == [1] * 36
+        widths = [u[0].model_hparams["width"] for u in units]
+        assert widths == [16] * 18 + [8] * 18, "the wider (costlier) models first"
+        assert sorted(u[0].index for u in units) == list(range(36))
 
 
 #: The tables of a study as genmeasures wrote them before the schema carried a version (v1).

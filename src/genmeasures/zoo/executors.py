@@ -39,9 +39,6 @@ from genmeasures.zoo.worker import collect_unit, train_unit
 #: Most members in one unit: bounds what a kill can lose and what one worker holds.
 MAX_UNIT = 32
 
-#: Units per worker that a parallel plan aims at: enough for the last ones to be short.
-UNITS_PER_WORKER = 8
-
 #: Called after each stored result with (result, models finished so far, models to train).
 ResultCallback = Callable[[ModelResult, int, int], None]
 
@@ -82,44 +79,42 @@ def plan_units(
 ) -> list[list[Config]]:
     """Cut configs into units of work, in the order they should start.
 
-    With ``batched``, configs that share data, architecture and the settings a unit shares
-    (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size and loss checks) form units of at
-    most ``max_unit`` members; otherwise each config is a unit. In one process the units follow
-    the grid order. For parallel workers the units are balanced: each group is split into
-    near-equal units so that there are about :data:`UNITS_PER_WORKER` units per worker, and the
-    costliest units start first (longest-processing-time-first, by the multiply-adds of a forward
-    pass, :func:`~genmeasures.zoo.space.memory.forward_multiply_adds`), so that no worker is left
-    with a long unit while the others are idle. A configuration trains to the same bits in any
+    In one process, with ``batched``, configs that share data, architecture and the settings a
+    unit shares (:data:`~genmeasures.zoo.batched.SHARED_FIELDS`: batch size and loss checks)
+    form units of at most ``max_unit`` members, in grid order; a unit saves a little Python per
+    step. For parallel workers every config is a unit of its own, the costliest first
+    (longest-processing-time-first, by the multiply-adds of a forward pass,
+    :func:`~genmeasures.zoo.space.memory.forward_multiply_adds`), so that the last models to
+    finish are short ones: measured over two workers on the quick preset, lockstep units of 4-5
+    members trained 6-7 % slower than single models (several models' activations compete for
+    the cache, and larger pieces balance worse). A configuration trains to the same bits in any
     unit (:mod:`genmeasures.zoo.batched`): the plan changes only the time.
 
     Args:
         configs: The configs to train.
-        batched: Group configs that can train together; otherwise one unit per config.
+        batched: In one process, group configs that can train together; otherwise one unit
+            per config.
         workers: Parallel workers that will run the units.
         max_unit: Most members per unit.
 
     Returns:
         The units.
     """
+    if workers > 1:
+        return sorted(
+            ([config] for config in configs),
+            key=lambda unit: (-forward_multiply_adds(unit[0]), unit[0].index),
+        )
     if not batched:
-        units = [[config] for config in configs]
-    else:
-        groups: dict[str, list[Config]] = defaultdict(list)
-        for config in configs:
-            groups[_unit_key(config)].append(config)
-        size = max_unit
-        if workers > 1:
-            size = min(size, max(1, -(-len(configs) // (UNITS_PER_WORKER * workers))))
-        units = []
-        for group in groups.values():
-            parts = -(-len(group) // size)
-            units += [group[part::parts] for part in range(parts)]
-    if workers == 1:
-        return sorted(units, key=lambda unit: unit[0].index)
-    return sorted(
-        units,
-        key=lambda unit: (-sum(forward_multiply_adds(c) for c in unit), unit[0].index),
-    )
+        return [[config] for config in configs]
+    groups: dict[str, list[Config]] = defaultdict(list)
+    for config in configs:
+        groups[_unit_key(config)].append(config)
+    units = []
+    for group in groups.values():
+        parts = -(-len(group) // max_unit)
+        units += [group[part::parts] for part in range(parts)]
+    return sorted(units, key=lambda unit: unit[0].index)
 
 
 def _run_in_process(
