@@ -9,8 +9,9 @@ from genmeasures.zoo.space.memory import forward_multiply_adds
 
 def test_a_bar_advances_by_each_models_share_of_the_work() -> None:
     configs = load_space("quick").configs()
-    wide = next(c for c in configs if c.hparams["width"] == 384)
-    narrow, other = [c for c in configs if c.hparams["width"] == 128][:2]
+    widths = sorted({c.hparams["width"] for c in configs})
+    wide = next(c for c in configs if c.hparams["width"] == widths[-1])
+    narrow, other = [c for c in configs if c.hparams["width"] == widths[0]][:2]
     with cli_commands._WorkBar("training", [wide, narrow, other]) as bar:
         bar.finished(wide.hash, "done")
         share = forward_multiply_adds(wide) / (
