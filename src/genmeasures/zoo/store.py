@@ -62,6 +62,7 @@ from genmeasures.zoo.tables import (
     study_table,
     unconverged_reasons,
     unconverged_values,
+    write_table,
 )
 from genmeasures.zoo.versions import current_versions
 
@@ -582,20 +583,7 @@ class Zoo:
         Raises:
             StudyError: for another suffix, or Parquet without ``pyarrow``.
         """
-        path = Path(path)
-        table = self.table()
-        if path.suffix == ".csv":
-            table.to_csv(path)
-        elif path.suffix == ".parquet":
-            try:
-                table.to_parquet(path)
-            except ImportError as error:
-                raise StudyError(
-                    f"writing {path} needs pyarrow: pip install pyarrow ({error})"
-                ) from error
-        else:
-            raise StudyError(f"export to .csv or .parquet, got {path.name!r}")
-        return path
+        return write_table(self.table(), path)
 
 
 def _version() -> str:

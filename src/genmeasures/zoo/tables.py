@@ -12,10 +12,13 @@ in its row.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pandas as pd
 
+from genmeasures.errors import StudyError
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR
 from genmeasures.measures import list_measures
 from genmeasures.zoo.schema import METRICS
@@ -137,3 +140,24 @@ def long_measures(connection: sqlite3.Connection) -> pd.DataFrame:
         for name, stored in zip(long["name"], long["measure_version"], strict=True)
     ]
     return long
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a study's table to ``.csv`` or ``.parquet`` (by the file's suffix).
+
+    Raises:
+        StudyError: for another suffix, or Parquet without ``pyarrow``.
+    """
+    path = Path(path)
+    if path.suffix == ".csv":
+        table.to_csv(path)
+    elif path.suffix == ".parquet":
+        try:
+            table.to_parquet(path)
+        except ImportError as error:
+            raise StudyError(
+                f"writing {path} needs pyarrow: pip install pyarrow ({error})"
+            ) from error
+    else:
+        raise StudyError(f"export to .csv or .parquet, got {path.name!r}")
+    return path
