@@ -21,10 +21,16 @@ from typing import TypeVar
 
 from genmeasures.errors import WorkerError
 
-__all__ = ["completed_in_pool", "first_completed", "worker_pool"]
+__all__ = ["check_workers", "completed_in_pool", "first_completed", "worker_pool"]
 
 Task = TypeVar("Task")
 Outcome = TypeVar("Outcome")
+
+
+def check_workers(workers: object, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``workers`` is a positive int (a count of worker processes)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise error(f"workers must be a positive int, got {workers!r}")
 
 
 def _follow_driver(lifeline: Connection) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from genmeasures.errors import StudyError
 from genmeasures.names import EXECUTORS
-from genmeasures.pool import first_completed, worker_pool
+from genmeasures.pool import check_workers, first_completed, worker_pool
 from genmeasures.zoo.batched import SHARED_FIELDS
 from genmeasures.zoo.space import Config, canonical_json
 from genmeasures.zoo.space.memory import forward_multiply_adds
@@ -267,8 +267,7 @@ def train_zoo(
     """
     if executor not in EXECUTORS:
         raise StudyError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise StudyError(f"workers must be a positive int, got {workers!r}")
+    check_workers(workers, StudyError)
     start = time.perf_counter()
     summary = TrainSummary()
     with zoo.lock():

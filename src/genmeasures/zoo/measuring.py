@@ -22,7 +22,7 @@ from typing import Any
 from genmeasures.errors import CorruptCheckpointError, GenMeasuresWarning, StudyError
 from genmeasures.measures import MeasureResult, compute
 from genmeasures.measures.registry import MeasureSpec, get_measure, resolve_measures
-from genmeasures.pool import completed_in_pool
+from genmeasures.pool import check_workers, completed_in_pool
 from genmeasures.zoo.batched import one_torch_thread
 from genmeasures.zoo.checkpoint import load_run
 from genmeasures.zoo.space import Config
@@ -181,8 +181,7 @@ def measure_zoo(
         StudyError: for a bad worker count.
         WorkerError: if a worker process died.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise StudyError(f"workers must be a positive int, got {workers!r}")
+    check_workers(workers, StudyError)
     start = time.perf_counter()
     specs = [spec for spec, _ in resolve_measures(measures)]
     options = {get_measure(name).name: value for name, value in (options or {}).items()}

@@ -34,7 +34,7 @@ from genmeasures.evaluate.report.tables import (
     trend_hparams,
 )
 from genmeasures.evaluate.scoring import Evaluation
-from genmeasures.pool import completed_in_pool
+from genmeasures.pool import check_workers, completed_in_pool
 
 #: Figures per worker below which drawing them in this process is quicker than starting workers
 #: (a worker imports matplotlib and pandas, about 2 s; a scatter figure takes about 0.4 s).
@@ -111,8 +111,7 @@ def write_report(
         ReportError: for a worker count that is not a positive int.
         WorkerError: if a drawing worker process died.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ReportError(f"workers must be a positive int, got {workers!r}")
+    check_workers(workers, ReportError)
     with replacing(Path(folder), REPORT_FILES) as staging:
         _write_files(ev, staging, title=title, description=description, workers=workers)
     return Path(folder) / "report.md"
