@@ -410,15 +410,12 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
     width = max(len("measure"), min(name_width, max((len(r) for r in ev.ranks.index), default=0)))
     line = f"{{:<{width}}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}"
 
+    board = leaderboard(ev)
+
     def row(name: str) -> str:
-        tau = ev.ranks.at[name, "tau"] if name in ev.ranks.index else np.nan
-        psi = ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan
-        k = ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan
-        sd = tau_null_sd(ev.models - ev.dropped.get(name, 0))
-        margin = tau / sd if math.isfinite(sd) and sd > 0 else np.nan
+        psi, tau, margin, k, unconverged = board.loc[name]
         cells = [format_number(v, d) or "N/A" for v, d in ((psi, 3), (tau, 3), (margin, 1), (k, 4))]
-        unconverged = len(ev.unconverged.get(name, ())) if name in ev.measures else 0
-        flag = str(unconverged) if unconverged else ""
+        flag = str(int(unconverged)) if not pd.isna(unconverged) and unconverged else ""
         return line.format(_shorten(name, width), *cells, flag).rstrip()
 
     head = (
@@ -429,13 +426,10 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
     paragraph = textwrap.fill(findings(ev), 100)
     header = line.format("measure", "Ψ", "τ", "τ/sd", "K", "unconv.")
     lines = [paragraph, "", head, header]
-    lines += [row(name) for name in ranked_measures(ev)]
+    baselines = set(board.attrs["baselines"])
+    lines += [row(name) for name in board.index if name not in baselines]
     lines.append("-" * len(header))
-    lines += [
-        row(name)
-        for name in ev.baselines
-        if name != CANONICAL_ROW and (name in ev.ranks.index or name in ev.cmi.index)
-    ]
+    lines += [row(name) for name in board.index if name in baselines]
     if CANONICAL_ROW in ev.ranks.index:
         own = ev.ranks.loc[CANONICAL_ROW, list(ev.hparams)].dropna()
         scores = ", ".join(f"{name} {value:.3f}" for name, value in own.items())
