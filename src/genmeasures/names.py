@@ -9,8 +9,9 @@ checks that the names here are theirs.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
-__all__ = ["DATASETS", "EXECUTORS", "MODELS", "OPTIMIZERS", "preset_names"]
+__all__ = ["DATASETS", "EXECUTORS", "MODELS", "OPTIMIZERS", "preset_names", "presets_folder"]
 
 #: :func:`genmeasures.data.list_datasets`.
 DATASETS = ("cifar10", "digits", "mnist", "mnist1d", "svhn")
@@ -25,11 +26,15 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 EXECUTORS = ("local", "ray")
 
 
+def presets_folder() -> Any:
+    """The packaged presets' folder (a :mod:`importlib.resources` traversable)."""
+    return resources.files("genmeasures").joinpath("presets")
+
+
 def preset_names() -> list[str]:
     """The names of the packaged presets (``genmeasures/presets/*.toml``), sorted."""
-    folder = resources.files("genmeasures").joinpath("presets")
     return sorted(
         entry.name[: -len(".toml")]
-        for entry in folder.iterdir()
+        for entry in presets_folder().iterdir()
         if entry.is_file() and entry.name.endswith(".toml")
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from genmeasures.data import list_datasets
 from genmeasures.errors import MeasureError, SpaceError
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.models import list_models
-from genmeasures.names import preset_names
+from genmeasures.names import preset_names, presets_folder
 from genmeasures.validation import Declared
 from genmeasures.zoo.space.canonical import read_canonical
 from genmeasures.zoo.space.checks import close, fail, parse, parse_list, show
@@ -274,10 +273,6 @@ def _per_optimizer(
     return result
 
 
-def _presets_folder() -> Any:
-    return resources.files("genmeasures").joinpath("presets")
-
-
 def list_presets() -> list[str]:
     """Return the names of the packaged presets (``genmeasures/presets/*.toml``), sorted."""
     return preset_names()
@@ -326,7 +321,7 @@ def load_space(name_or_path: str | os.PathLike[str]) -> Space:
                 f"file; no preset or file has this name.{close(text, presets)}"
             )
         source = f"preset {text!r}"
-        content = _presets_folder().joinpath(f"{text}.toml").read_text(encoding="utf-8")
+        content = presets_folder().joinpath(f"{text}.toml").read_text(encoding="utf-8")
         data = _read_toml(content, source)
         return space_from_dict(data, source=source, name=data.get("name", text))
     path = Path(text)
