@@ -14,9 +14,13 @@ from genmeasures.evaluate import granulated_tau, kendall_tau, score_table
 from genmeasures.evaluate.baselines import (
     canonical_measure,
     canonical_rank,
+    null_psi_sd,
     oracle_draws,
     random_measure,
 )
+from genmeasures.evaluate.rank import psi_groups
+from genmeasures.evaluate.report import tau_null_sd
+from genmeasures.evaluate.table import level_codes
 
 
 def tie_free_gap(n: int, seed: int = 0) -> np.ndarray:
@@ -160,3 +164,66 @@ def test_canonical_rank_takes_a_list_as_a_tuple():
     order = ["sgd", "adam", "rmsprop"]
     assert [canonical_rank(order, v) for v in order] == [0.0, 1.0, 2.0]
     assert canonical_rank(order, "adam") == canonical_rank(tuple(order), "adam")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ψ's spread under chance
+
+
+def exact_null_psi_sd(codes: np.ndarray, gap: np.ndarray) -> float:
+    """Ψ of every ranking of the models, by brute force: the exact standard deviation."""
+    n, types = codes.shape
+    psis = []
+    for ranking in itertools.permutations(range(n)):
+        psi_by_type = []
+        for i in range(types):
+            others = np.delete(codes, i, axis=1)
+            taus = []
+            for key in {tuple(row) for row in others}:
+                members = [a for a in range(n) if tuple(others[a]) == key]
+                pairs = list(itertools.combinations(members, 2))
+                taus.append(
+                    sum(
+                        np.sign(ranking[a] - ranking[b]) * np.sign(gap[a] - gap[b])
+                        for a, b in pairs
+                    )
+                    / len(pairs)
+                )
+            psi_by_type.append(np.mean(taus))
+        psis.append(np.mean(psi_by_type))
+    return float(np.std(psis))
+
+
+def test_null_psi_sd_matches_every_ranking_of_a_small_grid() -> None:
+    # A 2 x 3 grid with a tie in the gap: 720 rankings. The types' ψ share models, so their
+    # spread is not that of independent τ's; the estimate must still find the exact one.
+    codes = np.array(list(itertools.product(range(2), range(3))))
+    gap = np.array([0.1, 0.3, 0.3, 0.2, 0.5, 0.0])
+    exact = exact_null_psi_sd(codes, gap)
+    groups = [psi_groups(codes, i) for i in range(2)]
+    assert null_psi_sd(gap, groups, draws=20_000) == pytest.approx(exact, rel=0.02)
+    # Seeded: the same seed gives the same figure, another seed another draw.
+    assert null_psi_sd(gap, groups, seed=1) == null_psi_sd(gap, groups, seed=1)
+    assert null_psi_sd(gap, groups, seed=1) != null_psi_sd(gap, groups, seed=2)
+
+
+def test_null_psi_sd_of_one_type_is_taus() -> None:
+    # With one type every model is in one group: Ψ is Kendall's τ, whose spread is known.
+    gap = tie_free_gap(12)
+    groups = [psi_groups(np.arange(12)[:, None], 0)]
+    assert null_psi_sd(gap, groups, draws=20_000) == pytest.approx(tau_null_sd(12), rel=0.02)
+
+
+def test_every_scored_row_has_its_null_psi_sd() -> None:
+    codes = np.array(list(itertools.product(range(3), range(3), range(2))))
+    table = pd.DataFrame(codes, columns=["a", "b", "c"])
+    table["gap"] = tie_free_gap(len(table))
+    table["m"] = table["gap"] + np.random.default_rng(0).normal(0, 0.1, len(table))
+    table["holes"] = table["m"].where(table.index % 5 != 0)
+    ev = score_table(table, ["m", "holes"], hparams=["a", "b", "c"])
+    groups = [psi_groups(level_codes(table[["a", "b", "c"]]), i) for i in range(3)]
+    assert ev.null_psi_sd["m"] == null_psi_sd(table["gap"].to_numpy(), groups)
+    assert ev.null_psi_sd["random"] == ev.null_psi_sd["m"]
+    # A measure with missing values is compared with chance on its own models.
+    assert ev.null_psi_sd["holes"] != ev.null_psi_sd["m"]
+    assert "canonical ordering" not in ev.null_psi_sd

@@ -187,8 +187,10 @@ def test_format_summary_lists_every_row(ev: Evaluation) -> None:
     assert canonical.endswith(", ".join(f"{name} {value:.3f}" for name, value in own.items()))
     m1 = next(line for line in lines if line.startswith("m1 "))
     tau = summary_ev.ranks.at["m1", "tau"]
+    psi = summary_ev.ranks.at["m1", "Psi"]
     assert m1.split()[1:] == [
-        f"{summary_ev.ranks.at['m1', 'Psi']:.3f}",
+        f"{psi:.3f}",
+        f"{psi / summary_ev.null_psi_sd['m1']:.1f}",
         f"{tau:.3f}",
         f"{tau / rp.tau_null_sd(summary_ev.models):.1f}",
         f"{summary_ev.cmi.at['m1', 'K']:.4f}",
@@ -209,9 +211,8 @@ def test_the_summary_opens_with_the_findings_and_ranks_by_psi() -> None:
     paragraph = " ".join(text[: text.index("Kendall")].split())
     assert "oracle 0.01 Ψ" in paragraph and "random Ψ" in paragraph
     assert "3 values of 1 measure did not converge (scored as computed" in paragraph
-    rows = [
-        line.split()[0] for line in text.splitlines() if line.split()[:1] in ([m] for m in measures)
-    ]
+    table = text.splitlines()[[line.split()[:1] for line in text.splitlines()].index(["measure"]) :]
+    rows = [line.split()[0] for line in table if line.split()[:1] in ([m] for m in measures)]
     assert rows == ranked
     m2 = next(line for line in text.splitlines() if line.startswith("m2 "))
     assert m2.split()[-1] == "3"

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from genmeasures.errors import EvaluationError
+from genmeasures.evaluate.rank import Groups, psi_matrix
 from genmeasures.seeding import derive_seed
 
 #: The noise levels of the paper's oracle rows (Jiang et al. 2020, table 5).
@@ -27,6 +28,14 @@ ORACLE_EPSILONS = (0.01, 0.02, 0.05, 0.1)
 
 #: Seed purposes of the baselines' draws (:func:`genmeasures.seeding.derive_seed`).
 ORACLE_STREAM, RANDOM_STREAM = "evaluate/oracle", "evaluate/random"
+NULL_PSI_STREAM = "evaluate/null-psi"
+
+#: Random rankings drawn to estimate the spread of Ψ under chance (:func:`null_psi_sd`): the
+#: estimate's relative standard error is about ``1/sqrt(2 * draws)``, 2 %.
+NULL_PSI_DRAWS = 1000
+
+#: Random rankings scored at once (bounds the memory of :func:`null_psi_sd`).
+_NULL_CHUNK = 100
 
 
 def canonical_rank(order: str | Sequence[Any], value: Any) -> float:
@@ -91,3 +100,35 @@ def oracle_draws(gap: np.ndarray, epsilon: float, draws: int, seed: int = 0) -> 
 def random_measure(models: int, seed: int = 0) -> np.ndarray:
     """A measure drawn independently of everything: standard normal values, seeded."""
     return np.random.default_rng(derive_seed(seed, RANDOM_STREAM)).standard_normal(models)
+
+
+def null_psi_sd(
+    gap: np.ndarray, groups: Sequence[Groups], draws: int = NULL_PSI_DRAWS, seed: int = 0
+) -> float:
+    """The standard deviation of Ψ between a uniformly random ranking and these models' gaps.
+
+    A measure's Ψ divided by it is its margin over chance at this population's size and design.
+    Unlike τ's (:func:`genmeasures.evaluate.report.tau_null_sd`), Ψ's spread has no closed form:
+    the ψ_i of different types share models (a group of type i and one of type j meet in at most
+    one model, and that is enough to correlate them), and ties of the gap shrink it. It is
+    estimated from ``draws`` seeded random rankings, scored exactly as measures are
+    (:func:`~genmeasures.evaluate.rank.psi_matrix`, Ψ the mean of the finite ψ_i).
+
+    Args:
+        gap: The gap of each model.
+        groups: The groups of ψ_i of each type (:func:`~genmeasures.evaluate.rank.psi_groups`).
+        draws: Random rankings drawn.
+        seed: Seed of the draws.
+
+    Returns:
+        The standard deviation (``ddof=1``); NaN when no type has a usable group.
+    """
+    rng = np.random.default_rng(derive_seed(seed, NULL_PSI_STREAM))
+    usable = [g for g in groups if g.used]
+    if not usable or draws < 2:
+        return float("nan")
+    psi = []
+    for start in range(0, draws, _NULL_CHUNK):
+        mu = rng.random((len(gap), min(_NULL_CHUNK, draws - start)))
+        psi.append(np.mean([psi_matrix(mu, gap, g) for g in usable], axis=0))
+    return float(np.std(np.concatenate(psi), ddof=1))

@@ -18,6 +18,7 @@ from genmeasures.errors import EvaluationError
 from genmeasures.evaluate.baselines import (
     ORACLE_EPSILONS,
     canonical_measure,
+    null_psi_sd,
     oracle_draws,
     random_measure,
 )
@@ -87,6 +88,9 @@ class Evaluation:
         draws: Draws averaged per oracle.
         seed: The seed of the oracle and random draws.
         notes: Sentences for the report: exclusions, drops, incomplete grid, constant types.
+        null_psi_sd: For each measure and baseline row, the standard deviation of Ψ of a random
+            ranking of the same models (:func:`~genmeasures.evaluate.baselines.null_psi_sd`):
+            Ψ divided by it is the row's margin over chance.
         unconverged: For each measure, the scored models (row labels of :attr:`scored`) whose
             value did not converge (known for a study,
             :func:`genmeasures.zoo.evaluating.evaluate_zoo`; empty for a plain table).
@@ -112,6 +116,7 @@ class Evaluation:
     draws: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    null_psi_sd: dict[str, float] = field(default_factory=dict)
     unconverged: dict[str, tuple[str, ...]] = field(default_factory=dict)
     converged_only: bool = False
 
@@ -223,6 +228,8 @@ def score_table(
     cmi_rows: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
     unscored: list[str] = []
+    full_null_sd = null_psi_sd(g, design.groups, seed=seed)
+    null_sd: dict[str, float] = {}
     for name in chosen:
         mu = numeric_column(scored, name, "measure")
         keep = np.isfinite(mu)
@@ -238,6 +245,7 @@ def score_table(
             dropped[name] = int((~keep).sum())
         own = design if keep.all() else _design(codes[keep])
         rank_rows[name], cmi_rows[name] = _scores(mu[keep, None], g[keep], own, names)
+        null_sd[name] = full_null_sd if keep.all() else null_psi_sd(g[keep], own.groups, seed=seed)
     chosen = tuple(name for name in chosen if name not in unscored)
     if not chosen:
         raise EvaluationError(
@@ -254,6 +262,7 @@ def score_table(
         random_measure(len(g), seed)[:, None], g, design, names
     )
     baselines = (*(oracle_row(e) for e in epsilons), CANONICAL_ROW, RANDOM_ROW)
+    null_sd |= {label: full_null_sd for label in baselines if label != CANONICAL_ROW}
     ranks = pd.DataFrame.from_dict(rank_rows, orient="index", columns=[*names, *RANK_COLUMNS])
     cmi = pd.DataFrame.from_dict(cmi_rows, orient="index", columns=[*names, *CMI_COLUMNS])
     ranks.index.name = cmi.index.name = "measure"
@@ -283,6 +292,7 @@ def score_table(
             f"{name}: fewer than 2 finite values among the finished models: not scored."
             for name in unscored
         ],
+        null_psi_sd=null_sd,
     )
 
 

@@ -312,20 +312,20 @@ def ranked_measures(ev: Evaluation) -> list[str]:
 def findings(ev: Evaluation, *, best: int = 3) -> str:
     """A few sentences that answer the question: which measures rank the gap best, by how much.
 
-    They name the ``best`` measures by Ψ (with τ and τ's margin over chance in standard
-    deviations), the best by K, the 0.01-oracle's and the random measure's Ψ for reference, the
+    They name the ``best`` measures by Ψ (with Ψ's margin over chance in standard deviations,
+    :attr:`~genmeasures.evaluate.Evaluation.null_psi_sd`, and τ), the best by K, the
+    0.01-oracle's and the random measure's Ψ for reference, the
     type along which the best measure ranks worst (its lowest ψ_i), and how many values did not
     converge or models were excluded.
     """
     ranked = [m for m in ranked_measures(ev) if math.isfinite(ev.ranks.at[m, "Psi"])]
     if not ranked:
         return "No measure could be scored."
-    sd = tau_null_sd(ev.models)
 
     def scores(name: str) -> str:
-        tau = ev.ranks.at[name, "tau"]
-        margin = f", {tau / sd:.1f} sd over chance" if math.isfinite(sd) and sd > 0 else ""
-        return f"{name} (Ψ {ev.ranks.at[name, 'Psi']:.3f}, τ {tau:.3f}{margin})"
+        psi, sd = ev.ranks.at[name, "Psi"], ev.null_psi_sd.get(name, math.nan)
+        margin = f", {psi / sd:.1f} sd over chance" if math.isfinite(sd) and sd > 0 else ""
+        return f"{name} (Ψ {psi:.3f}{margin}; τ {ev.ranks.at[name, 'tau']:.3f})"
 
     sentences = [f"Best by Ψ: {'; '.join(scores(name) for name in ranked[:best])}."]
     by_k = [m for m in ev.measures if m in ev.cmi.index and math.isfinite(ev.cmi.at[m, "K"])]
@@ -364,17 +364,20 @@ def findings(ev: Evaluation, *, best: int = 3) -> str:
 def leaderboard(ev: Evaluation) -> pd.DataFrame:
     """The measures ranked (:func:`ranked_measures`), then the oracles and the random measure.
 
-    Columns: Ψ, τ, τ/sd (τ's margin over chance in standard deviations, :func:`tau_null_sd`),
-    K, and ``unconverged``, the scored values of the measure that did not converge (0 for a
-    plain table, which does not say).
+    Columns: Ψ, Ψ/sd (Ψ's margin over chance in standard deviations,
+    :attr:`~genmeasures.evaluate.Evaluation.null_psi_sd`), τ, τ/sd (the same for τ,
+    :func:`tau_null_sd`), K, and ``unconverged``, the scored values of the measure that did not
+    converge (0 for a plain table, which does not say).
     """
     rows = {}
     names = [*ranked_measures(ev), *(b for b in ev.baselines if b != CANONICAL_ROW)]
     for name in names:
         tau = ev.ranks.at[name, "tau"] if name in ev.ranks.index else np.nan
+        psi = ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan
         sd = tau_null_sd(ev.models - ev.dropped.get(name, 0))
         rows[name] = {
-            "Ψ": ev.ranks.at[name, "Psi"] if name in ev.ranks.index else np.nan,
+            "Ψ": psi,
+            "Ψ/sd": psi / ev.null_psi_sd.get(name, np.nan),
             "τ": tau,
             "τ/sd": tau / sd if math.isfinite(sd) and sd > 0 else np.nan,
             "K": ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan,
@@ -385,9 +388,9 @@ def leaderboard(ev: Evaluation) -> pd.DataFrame:
     table.attrs["baselines"] = [b for b in ev.baselines if b in rows]
     table.attrs["decimals"] = 3
     table.attrs["caption"] = (
-        "Measures ranked by Ψ (then K), with τ, τ's margin over chance in standard deviations at "
-        "this number of models, K and the values that did not converge; the oracles and the "
-        "random measure below for reference."
+        "Measures ranked by Ψ (then K), with Ψ and τ each divided by its standard deviation "
+        "under chance on these models (the margin over chance), K and the values that did not "
+        "converge; the oracles and the random measure below for reference."
     )
     return table
 
@@ -402,19 +405,20 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
     Returns:
         :func:`findings` wrapped to 100 characters; a line stating that τ is Kendall's τ-a and
         how many models were scored and excluded; one line per measure, best first
-        (:func:`ranked_measures`), with Ψ, τ, τ's margin over chance in standard deviations
-        (:func:`tau_null_sd`), K and the values that did not converge; a rule; one line per
-        oracle and the random measure (missing values read ``N/A``); and a last line with the
+        (:func:`ranked_measures`), with Ψ, Ψ and τ's margins over chance in standard
+        deviations (:func:`leaderboard`), K and the values that did not converge; a rule; one line
+        per oracle and the random measure (missing values read ``N/A``); and a last line with the
         canonical orderings' ψ of their own types.
     """
     width = max(len("measure"), min(name_width, max((len(r) for r in ev.ranks.index), default=0)))
-    line = f"{{:<{width}}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}  {{:>7}}"
+    line = f"{{:<{width}}}" + "  {:>7}" * 6
 
     board = leaderboard(ev)
 
     def row(name: str) -> str:
-        psi, tau, margin, k, unconverged = board.loc[name]
-        cells = [format_number(v, d) or "N/A" for v, d in ((psi, 3), (tau, 3), (margin, 1), (k, 4))]
+        psi, psi_margin, tau, tau_margin, k, unconverged = board.loc[name]
+        numbers = ((psi, 3), (psi_margin, 1), (tau, 3), (tau_margin, 1), (k, 4))
+        cells = [format_number(v, d) or "N/A" for v, d in numbers]
         flag = str(int(unconverged)) if not pd.isna(unconverged) and unconverged else ""
         return line.format(_shorten(name, width), *cells, flag).rstrip()
 
@@ -424,7 +428,7 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
         + "."
     )
     paragraph = textwrap.fill(findings(ev), 100)
-    header = line.format("measure", "Ψ", "τ", "τ/sd", "K", "unconv.")
+    header = line.format("measure", "Ψ", "Ψ/sd", "τ", "τ/sd", "K", "unconv.")
     lines = [paragraph, "", head, header]
     baselines = set(board.attrs["baselines"])
     lines += [row(name) for name in board.index if name not in baselines]
