@@ -362,7 +362,11 @@ def test_the_html_page_opens_with_the_findings_and_the_ranked_measures(
     assert findings < board < toc < page.index('class="description"')
     best = html.escape(rp.ranked_measures(odd)[0])
     assert page.index(f"Best by Ψ: {best}") < board
-    assert page.count("<details>") == 1 + 3  # the description, and each full table
+    assert page.count("<details>") == 1 + 3 + 1  # the description, each table, the scatters
+    # A figure per measure is folded; the overview figures are not.
+    folded = page.index("<details><summary>Each measure against the gap (")
+    assert page.index('alt="Ψ and K per measure') < folded
+    assert page.index(f'alt="{html.escape(odd.measures[0])} against the generalization') > folded
 
 
 def test_report_markdown_content(written: tuple[Evaluation, Path]) -> None:

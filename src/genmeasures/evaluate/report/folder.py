@@ -23,7 +23,7 @@ from genmeasures.evaluate.report.files import (
     replacing,
 )
 from genmeasures.evaluate.report.formats import summary_json, to_csv, to_latex, trends_csv
-from genmeasures.evaluate.report.pages import _html_page, _markdown_page
+from genmeasures.evaluate.report.pages import FigureSection, _html_page, _markdown_page
 from genmeasures.evaluate.report.tables import (
     _scope,
     _series,
@@ -160,19 +160,27 @@ def _write_files(ev: Evaluation, root: Path, *, title: str, description: str, wo
         _write_atomic(root / f"{stem}.tex", to_latex(table))
     _write_atomic(root / "trends.csv", trends_csv(ev))
 
+    overview, each_measure = "Scores, population and trends", "Each measure against the gap"
+    scores_caption = "Ψ and K per measure, with the oracle and random levels"
+    population_caption = "Population summary (Jiang et al. 2020, figure 1)"
     jobs = [
-        ("Ψ and K per measure, with the oracle and random levels", "scores.png", "scores", None),
-        ("Population summary (Jiang et al. 2020, figure 1)", "population.png", "population", None),
+        (overview, scores_caption, "scores.png", "scores", None),
+        (overview, population_caption, "population.png", "population", None),
     ]
     for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
-        jobs.append((_trend_caption(ev, hparam), name, "trend", hparam))
+        jobs.append((overview, _trend_caption(ev, hparam), name, "trend", hparam))
     for measure, name in figure_names(ev.measures).items():
-        jobs.append((f"{measure} against the generalization gap", name, "scatter", measure))
-    pngs = _draw_figures(ev, [(kind, subject) for _, _, kind, subject in jobs], workers)
-    figures: list[tuple[str, str, bytes]] = []
-    for (caption, name, _, _), png in zip(jobs, pngs, strict=True):
+        caption = f"{measure} against the generalization gap"
+        jobs.append((each_measure, caption, name, "scatter", measure))
+    pngs = _draw_figures(ev, [(kind, subject) for *_, kind, subject in jobs], workers)
+    drawn: dict[str, list[tuple[str, str, bytes]]] = {overview: [], each_measure: []}
+    for (section, caption, name, _, _), png in zip(jobs, pngs, strict=True):
         _write_atomic(figures_dir / name, png)
-        figures.append((caption, f"{FIGURES_FOLDER}/{name}", png))
+        drawn[section].append((caption, f"{FIGURES_FOLDER}/{name}", png))
+    figures = [
+        FigureSection(overview, drawn[overview]),
+        FigureSection(each_measure, drawn[each_measure], folded=True),
+    ]
 
     population = population_notes(ev)
     _write_atomic(root / "summary.json", summary_json(ev, title=title, description=description))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -16,6 +17,22 @@ from genmeasures.evaluate.report.formats import (
     to_markdown,
 )
 from genmeasures.evaluate.scoring import Evaluation
+
+
+@dataclass(frozen=True)
+class FigureSection:
+    """Figures shown together under one heading of the report.
+
+    Attributes:
+        heading: The heading.
+        figures: ``(caption, path relative to the report, PNG bytes)`` of each figure.
+        folded: Whether the HTML page folds them (``<details>``): the page stays short when a
+            section holds a figure per measure.
+    """
+
+    heading: str
+    figures: Sequence[tuple[str, str, bytes]]
+    folded: bool = False
 
 
 def _models_sentence(ev: Evaluation) -> str:
@@ -57,7 +74,7 @@ def _html_page(
     description: str,
     ev: Evaluation,
     tables: Sequence[tuple[str, pd.DataFrame]],
-    figures: Sequence[tuple[str, str, bytes]],
+    figures: Sequence[FigureSection],
     population: Sequence[str],
 ) -> str:
     esc = html.escape
@@ -84,12 +101,18 @@ def _html_page(
     body.append(f'<h2 id="{anchors["Figures"]}">Figures</h2>')
     if population:
         body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in population) + "</ul>")
-    for caption, _, png in figures:
-        data = base64.b64encode(png).decode("ascii")
-        body.append(
-            f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
-        )
+    for section in figures:
+        shown = [
+            f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode("ascii")}"><figcaption>{esc(caption)}</figcaption>'
+            "</figure>"
+            for caption, _, png in section.figures
+        ]
+        if section.folded:
+            summary = f"{esc(section.heading)} ({len(shown)} figures)"
+            body.append(f"<details><summary>{summary}</summary>{''.join(shown)}</details>")
+        else:
+            body += [f"<h3>{esc(section.heading)}</h3>", *shown]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{esc(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
@@ -103,7 +126,7 @@ def _markdown_page(
     description: str,
     ev: Evaluation,
     tables: Sequence[tuple[str, pd.DataFrame]],
-    figures: Sequence[tuple[str, str, bytes]],
+    figures: Sequence[FigureSection],
     population: Sequence[str],
 ) -> str:
     lines = [f"# {_markdown_text(title)}", "", "## Findings", ""]
@@ -118,6 +141,9 @@ def _markdown_page(
     lines += ["## Figures", ""]
     if population:
         lines += [*(f"- {_markdown_text(n)}" for n in population), ""]
-    for caption, path, _ in figures:
-        lines += [f"![{_markdown_text(caption)}]({path})", "", f"*{_markdown_text(caption)}*", ""]
+    for section in figures:
+        lines += [f"### {_markdown_text(section.heading)}", ""]
+        for caption, path, _ in section.figures:
+            text = _markdown_text(caption)
+            lines += [f"![{text}]({path})", "", f"*{text}*", ""]
     return "\n".join(lines)
