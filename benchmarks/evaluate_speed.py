@@ -4,9 +4,13 @@ Prints, measured in this run:
 - the time of the conditional-MI core (every |S| <= 2, 29 sets) for all 50 measures, and of
   `score_table` (τ, ψ, Ψ, K, oracles, canonical, random, Pearson) as a whole;
 - the matrix-product CMI against a plain loop over ordered pairs (dict of cells keyed by tuples)
-  on the same random subset of models, with the speed-up and the largest difference.
+  on the same random subset of models, with the speed-up and the largest difference;
+- with 3 seeds per configuration (6,561 models, `--seeds`), `score_table`, `robust_scores` (the
+  sign-error over environments, test-set size 10,000) and `gap_prediction` side by side, each the
+  best of `--repeats` runs, and the ratio robust / score_table (the target: at most 2).
 
 Usage: python benchmarks/evaluate_speed.py [--models-loop 150] [--measures 50] [--draws 10]
+                                           [--seeds 3] [--repeats 3] [--robust-only]
 """
 
 from __future__ import annotations
@@ -15,22 +19,28 @@ import argparse
 import itertools
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from genmeasures.evaluate import score_table
+from genmeasures.evaluate import gap_prediction, robust_scores, score_table
 from genmeasures.evaluate.cmi import cmi_matrix, condition_sets, conditioning
 from genmeasures.evaluate.table import level_codes
 
 TYPES = 7
 
 
-def synthetic_table(measures: int, seed: int = 0) -> tuple[pd.DataFrame, list[str], list[str]]:
+def synthetic_table(
+    measures: int, seed: int = 0, seeds: int = 1
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The 3^7 grid, each configuration `seeds` times (a `seed` column when more than once)."""
     rng = np.random.default_rng(seed)
     names = [f"h{i}" for i in range(TYPES)]
     grid = pd.DataFrame(list(itertools.product(range(3), repeat=TYPES)), columns=names)
-    effect = grid.to_numpy() @ rng.normal(0, 0.01, TYPES)
+    if seeds > 1:
+        grid = pd.concat([grid.assign(seed=k) for k in range(seeds)], ignore_index=True)
+    effect = grid[names].to_numpy() @ rng.normal(0, 0.01, TYPES)
     grid["gap"] = 0.2 + effect + rng.normal(0, 0.01, len(grid))
     columns = [f"m{k}" for k in range(measures)]
     noise = rng.normal(0, 1, (len(grid), measures)) * rng.uniform(0.005, 0.05, measures)
@@ -65,12 +75,56 @@ def loop_cmi(mu: np.ndarray, g: np.ndarray, codes: np.ndarray, columns: tuple[in
     return information / entropy
 
 
+def best_of(repeats: int, run: Callable[[], object]) -> float:
+    """The shortest wall time of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def robust_side_by_side(args: argparse.Namespace) -> None:
+    """score_table, robust_scores and gap_prediction on the same seeded table, best of repeats."""
+    table, names, columns = synthetic_table(args.measures, seeds=args.seeds)
+    hparams = [*names, "seed"] if args.seeds > 1 else names
+    orders = dict.fromkeys(names, "increasing")
+    score = best_of(
+        args.repeats,
+        lambda: score_table(table, columns, hparams=hparams, canonical=orders, draws=args.draws),
+    )
+    robust = best_of(
+        args.repeats,
+        lambda: robust_scores(table, columns, hparams=hparams, test_size=10_000, draws=args.draws),
+    )
+    prediction = best_of(args.repeats, lambda: gap_prediction(table, columns, hparams=hparams))
+    print(
+        f"{len(table) // args.seeds} configurations x {args.seeds} seeds = {len(table)} models x "
+        f"{args.measures} measures, best of {args.repeats}:"
+    )
+    print(f"  score_table (with {args.draws} draws x 4 oracles): {score:.2f} s")
+    print(f"  robust_scores (test size 10,000, {args.draws} draws x 4 oracles): {robust:.2f} s")
+    print(f"  ratio robust_scores / score_table: {robust / score:.3f} (target <= 2)")
+    print(f"  gap_prediction (5 folds by configuration): {prediction:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-loop", type=int, default=150)
     parser.add_argument("--measures", type=int, default=50)
     parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--robust-only", action="store_true", help="only the robust comparison")
     args = parser.parse_args()
+    if not args.robust_only:
+        cmi_side_by_side(args)
+    robust_side_by_side(args)
+
+
+def cmi_side_by_side(args: argparse.Namespace) -> None:
+    """The CMI core and score_table on 2,187 models, then the CMI against the pair loop."""
     table, names, columns = synthetic_table(args.measures)
     codes = level_codes(table[names])
     sets = condition_sets(TYPES, 2, pgdl=False)

@@ -582,3 +582,55 @@ def train_epochs_with_torch_optim(
     finally:
         torch.set_num_threads(threads)
     return model
+
+
+def robust_environments_by_loop(
+    configs: list[tuple],
+    mu: list[float],
+    gap: list[float],
+    test_size: float,
+    min_ess: float,
+) -> dict[tuple[int, tuple], tuple[float, float]]:
+    """The environments of Dziugaite et al. 2020 from their definitions, one measure at a time.
+
+    ``configs`` holds each model's values of the hyperparameter types (its seeds left out), so
+    two models form a coupled pair when their tuples differ in exactly one place i; the
+    environment of the pair is i and the values of every other type. Each pair of models is
+    visited once (the sign-error and the weight are symmetric in the two models). A pair's
+    weight is the paper's code's Hoeffding weight, times 2: the confidence that both test errors
+    lie within |Δg|/2 of their expectations, p = max(0, 1 − 2 exp(−n Δg²/2))², then
+    max(0, 2p − 1); with n = inf, exp(−inf) = 0. A model whose measure is NaN is in no pair.
+
+    Returns:
+        {(i, other values): (loss, effective sample size)} of the environments with some weight
+        and an ESS of at least ``min_ess`` (up to a relative 1e-9).
+    """
+    import math
+
+    sums: dict[tuple[int, tuple], list[float]] = {}
+    for a, b in itertools.combinations(range(len(mu)), 2):
+        differ = [i for i in range(len(configs[a])) if configs[a][i] != configs[b][i]]
+        if len(differ) != 1 or math.isnan(mu[a]) or math.isnan(mu[b]):
+            continue
+        i = differ[0]
+        key = (i, configs[a][:i] + configs[a][i + 1 :])
+        delta_gap = gap[a] - gap[b]
+        if delta_gap == 0:
+            weight = 0.0
+        else:
+            p = max(0.0, 1.0 - 2.0 * math.exp(-test_size * delta_gap**2 / 2.0)) ** 2
+            weight = max(0.0, 2.0 * p - 1.0)
+        sign_mu = (mu[a] > mu[b]) - (mu[a] < mu[b])
+        sign_gap = (delta_gap > 0) - (delta_gap < 0)
+        error = (1 - sign_mu * sign_gap) / 2
+        sums.setdefault(key, [0.0, 0.0, 0.0])
+        sums[key][0] += weight
+        sums[key][1] += weight**2
+        sums[key][2] += weight * error
+    kept = {}
+    for key, (total, square, weighted) in sums.items():
+        if total > 0:
+            ess = total**2 / square
+            if ess >= min_ess * (1 - 1e-9):
+                kept[key] = (weighted / total, ess)
+    return kept
