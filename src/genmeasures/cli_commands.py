@@ -324,6 +324,9 @@ def _measure_models(zoo: Zoo, measures: list[str], data_root: str | None, worker
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))
+    if summary.unconverged:
+        counts = ", ".join(f"{name} {n}" for name, n in summary.unconverged.items())
+        statuses += f"; {sum(summary.unconverged.values())} did not converge: {counts}"
     print(
         f"measured {summary.measured} models ({summary.values} values"
         f"{f': {statuses}' if statuses else ''}) in {summary.seconds:.1f} s; "

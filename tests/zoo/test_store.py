@@ -255,15 +255,33 @@ def test_a_warning_raised_by_many_models_is_one_line(
         warnings.warn("the same for every model", GenMeasuresWarning, stacklevel=1)
         if seed == trained.configs()[0].seed:
             warnings.warn("only these", GenMeasuresWarning, stacklevel=1)
+        # One kind, other figures: a search that stops where each model makes it stop.
+        stopped = (
+            f"search for num-step-0.1-to-0.01-loss stopped: value {seed + 0.5:.4g}, target 0.1"
+        )
+        warnings.warn(stopped, GenMeasuresWarning, stacklevel=1)
         return real_compute(*args, seed=seed, **kwargs)
 
     monkeypatch.setattr(measuring, "compute", warning_compute)
     summary = measure_zoo(trained, ["param-norm"])
+    first_seed = trained.configs()[0].seed
     assert sorted(summary.warnings) == sorted(
         [  # the tiny space has two models of each seed
             f"4 models ({hashes[0]}, ...): the same for every model",
             f"2 models ({hashes[0]}, ...): only these",
+            f"4 models ({hashes[0]}, ...): search for num-step-0.1-to-0.01-loss stopped: value "
+            f"{first_seed + 0.5:.4g}, target 0.1 (the first model's figures; others differ)",
         ]
+    )
+
+
+def test_a_warnings_kind_masks_its_numbers_but_not_its_names() -> None:
+    assert (
+        measuring.warning_kind("'sharpness-mag-alpha' (x2): value 1.907e-06 at 0.1188, target 0.1")
+        == "'sharpness-mag-alpha' (x2): value # at #, target #"
+    )
+    assert measuring.warning_kind("num-step-0.1-to-0.01-loss took -3 steps") == (
+        "num-step-0.1-to-0.01-loss took # steps"
     )
 
 
@@ -274,6 +292,11 @@ def test_a_study_resumed_with_another_spelling_of_an_option_recomputes_nothing(
     options = {"s_max": 2, "steps": 1, "draws": 1}
     first = measure_zoo(trained, ["pacbayes-flatness"], options={"pacbayes-flatness": options})
     assert first.values == 4
+    # Two search steps cannot converge: the summary counts those values per measure.
+    assert first.unconverged == {
+        "pacbayes-flatness": len(trained.unconverged()["pacbayes-flatness"])
+    }
+    assert first.unconverged["pacbayes-flatness"] > 0
     respelled = {"pacbayes-flatness": options | {"s_max": 2.0}}
     again = measure_zoo(trained, ["1/sigma gaussian"], options=respelled)
     assert again.values == 0 and again.up_to_date == 4

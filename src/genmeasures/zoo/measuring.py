@@ -12,6 +12,7 @@ alone writes the study.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -49,8 +50,10 @@ class MeasureSummary:
         corrupt: Models skipped because a checkpoint failed verification (sent back to
             ``pending`` for retraining).
         statuses: Count of the computed values by status (ok, missing, undefined, ...).
-        warnings: Distinct warning messages raised while computing, each with the model that
-            raised it or how many did.
+        unconverged: For each measure, the values computed that did not converge (status ok,
+            ``converged`` false: an iterative step stopped before its criterion).
+        warnings: One line per kind of warning raised while computing (:func:`warning_kind`),
+            with the model that raised it or how many did.
         seconds: Wall time of the call.
     """
 
@@ -60,6 +63,7 @@ class MeasureSummary:
     recomputed: int = 0
     corrupt: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    unconverged: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -70,6 +74,8 @@ class MeasureSummary:
         self.recomputed += stale
         for result in results:
             self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+            if result.status == "ok" and not result.converged:
+                self.unconverged[result.name] = self.unconverged.get(result.name, 0) + 1
 
 
 def _to_compute(
@@ -137,11 +143,25 @@ def measure_model(task: MeasureTask) -> tuple[list[MeasureResult], list[str]]:
     return [results[name] for name in results], [str(warning.message) for warning in caught]
 
 
-def _warning_line(message: str, models: list[str]) -> str:
-    """A warning and the models that raised it: one line however many they are."""
+#: A number standing alone in a warning (not part of a name such as ``num-step-0.1-to-0.01-loss``).
+_NUMBER = re.compile(r"(?<![\w.-])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.-])")
+
+
+def warning_kind(message: str) -> str:
+    """What warnings of one kind share: the message with its numbers masked (``#``).
+
+    A saturated search warns with the value and scale at which it stopped, which differ from
+    model to model; the kind is the same.
+    """
+    return _NUMBER.sub("#", message)
+
+
+def _warning_line(messages: list[str], models: list[str]) -> str:
+    """Warnings of one kind and the models that raised them: one line however many they are."""
     if len(models) == 1:
-        return f"{models[0]}: {message}"
-    return f"{len(models)} models ({models[0]}, ...): {message}"
+        return f"{models[0]}: {messages[0]}"
+    figures = "" if len(set(messages)) == 1 else " (the first model's figures; others differ)"
+    return f"{len(models)} models ({models[0]}, ...): {messages[0]}{figures}"
 
 
 def measure_zoo(
@@ -220,14 +240,16 @@ def measure_zoo(
         # The largest models first, so that the last ones to finish are quick.
         tasks.sort(key=lambda task: -forward_multiply_adds(task.config))
         outcomes = completed_in_pool(measure_model, tasks, workers, f"measuring {zoo.path}")
-    warned: dict[str, dict[str, None]] = {}  # message → the models that raised it
+    warned: dict[str, dict[str, str]] = {}  # kind → each model that raised it → its message
     for task, (results, messages) in outcomes:
         model_hash = task.config.hash
         zoo.record_measures(model_hash, results)
         for message in messages:
-            warned.setdefault(message, {})[model_hash] = None
+            warned.setdefault(warning_kind(message), {}).setdefault(model_hash, message)
         summary.add_model(results, stale_counts[model_hash])
         progress(task.config)
-    summary.warnings = [_warning_line(message, list(models)) for message, models in warned.items()]
+    summary.warnings = [
+        _warning_line(list(models.values()), list(models)) for models in warned.values()
+    ]
     summary.seconds = time.perf_counter() - start
     return summary
