@@ -137,6 +137,18 @@ def test_markdown_rank_table(ev: Evaluation) -> None:
     assert "*random*" in text and "*m1*" not in text
 
 
+def test_the_leaderboard_shows_margins_with_one_decimal_and_k_with_four(ev: Evaluation) -> None:
+    board = rp.leaderboard(ev)
+    psi, psi_sd, tau, tau_sd, k, _ = board.loc["m1"]
+    row = next(row for row in _table_rows(rp.to_markdown(board)) if row.startswith("| m1 "))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    assert cells == [f"{psi:.3f}", f"{psi_sd:.1f}", f"{tau:.3f}", f"{tau_sd:.1f}", f"{k:.4f}", "0"]
+    # decimals= overrides every column.
+    row = next(r for r in _table_rows(rp.to_markdown(board, decimals=2)) if r.startswith("| m1 "))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    assert cells[1] == f"{psi_sd:.2f}" and cells[4] == f"{k:.2f}"
+
+
 def test_markdown_cmi_decimals_and_escaping(ev: Evaluation) -> None:
     text = rp.to_markdown(rp.cmi_table(ev))
     m1 = next(row for row in _table_rows(text) if row.startswith("| m1 "))

@@ -19,6 +19,7 @@ import pandas as pd
 from genmeasures.evaluate.report.tables import (
     BASELINES_ATTR,
     CAPTION_ATTR,
+    COLUMN_DECIMALS_ATTR,
     DECIMALS_ATTR,
     LABEL_ATTR,
     TAU_A,
@@ -106,11 +107,13 @@ def _rows(
 ) -> tuple[list[str], list[bool], list[tuple[str, list[str | None]]]]:
     """Headers (index name first), which columns are numeric, and the formatted rows."""
     places = int(df.attrs.get(DECIMALS_ATTR, 3) if decimals is None else decimals)
+    apart = df.attrs.get(COLUMN_DECIMALS_ATTR, {}) if decimals is None else {}
+    column_places = [int(apart.get(c, places)) for c in df.columns]
     headers = [str(df.index.name or "measure"), *map(str, df.columns)]
     numeric = [True] + [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
     columns = [df.iloc[:, j].tolist() for j in range(df.shape[1])]  # each keeps its own type
     rows = [
-        (str(label), [format_number(column[i], places) for column in columns])
+        (str(label), [format_number(c[i], d) for c, d in zip(columns, column_places, strict=True)])
         for i, label in enumerate(df.index)
     ]
     return headers, numeric, rows
@@ -146,7 +149,8 @@ def to_markdown(
         df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
             DataFrame with measure names as index.
         caption: Text above the table; None: ``df.attrs["caption"]`` if any.
-        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        decimals: Decimals of every real number; None: ``df.attrs["decimals"]`` or 3, and
+            ``df.attrs["column_decimals"]`` for the columns it names.
         baselines: Row labels shown in italics below the measures; None:
             ``df.attrs["baselines"]``.
 
@@ -202,7 +206,8 @@ def to_latex(
         df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
             DataFrame with measure names as index.
         caption: The caption; None: ``df.attrs["caption"]`` if any.
-        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        decimals: Decimals of every real number; None: ``df.attrs["decimals"]`` or 3, and
+            ``df.attrs["column_decimals"]`` for the columns it names.
         baselines: Row labels set below a rule; None: ``df.attrs["baselines"]``.
         label: The ``\label``; None: ``df.attrs["label"]`` if any.
 
@@ -251,7 +256,8 @@ def to_html(
         df: A table from :func:`rank_table`, :func:`cmi_table`, :func:`pearson_table` or any
             DataFrame with measure names as index.
         caption: The ``<caption>``; None: ``df.attrs["caption"]`` if any.
-        decimals: Decimals of real numbers; None: ``df.attrs["decimals"]`` or 3.
+        decimals: Decimals of every real number; None: ``df.attrs["decimals"]`` or 3, and
+            ``df.attrs["column_decimals"]`` for the columns it names.
         baselines: Row labels set in the second body; None: ``df.attrs["baselines"]``.
 
     Returns:
@@ -387,6 +393,7 @@ def leaderboard(ev: Evaluation) -> pd.DataFrame:
     table["unconverged"] = table["unconverged"].astype("Int64")  # counts, not reals
     table.attrs["baselines"] = [b for b in ev.baselines if b in rows]
     table.attrs["decimals"] = 3
+    table.attrs[COLUMN_DECIMALS_ATTR] = {"Ψ/sd": 1, "τ/sd": 1, "K": 4}
     table.attrs["caption"] = (
         "Measures ranked by Ψ (then K), with Ψ and τ each divided by its standard deviation "
         "under chance on these models (the margin over chance), K and the values that did not "

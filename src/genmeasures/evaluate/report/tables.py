@@ -27,10 +27,12 @@ FIT_ERROR = 0.01
 #: Columns of :func:`trend_table` after ``measure`` and the hyperparameter's own column.
 TREND_COLUMNS = ("series", "series_level", "mean", "std", "count")
 
-#: Keys of ``DataFrame.attrs`` that the table builders set and the writers read.
-BASELINES_ATTR, DECIMALS_ATTR, CAPTION_ATTR, LABEL_ATTR = (
+#: Keys of ``DataFrame.attrs`` that the table builders set and the writers read (the decimals
+#: of every real column, and of some columns apart: a mapping column → decimals).
+BASELINES_ATTR, DECIMALS_ATTR, COLUMN_DECIMALS_ATTR, CAPTION_ATTR, LABEL_ATTR = (
     "baselines",
     "decimals",
+    "column_decimals",
     "caption",
     "label",
 )
