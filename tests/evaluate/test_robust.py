@@ -13,7 +13,13 @@ import sklearn.model_selection
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import RobustEvaluation, gap_prediction, robust_scores
 from genmeasures.evaluate.baselines import oracle_draws, random_measure
-from genmeasures.evaluate.robust import ALL_TYPES, MIN_ESS, STATISTICS, pair_weights
+from genmeasures.evaluate.robust import (
+    ALL_TYPES,
+    MIN_ESS,
+    STATISTICS,
+    default_min_ess,
+    pair_weights,
+)
 from reference import robust_environments_by_loop
 
 # The hand-worked population: types a and b, two values each, two seeds.
@@ -305,7 +311,7 @@ def test_nan_values_drop_models_for_their_measure_only() -> None:
         ({"test_size": 100, "hparams": ["a", "c"]}, "hyperparameter column 'c' not in"),
         ({"test_size": 100, "gap": "g"}, "gap column 'g' not in"),
         ({"test_size": 100, "measures": ["nu"]}, "measure column 'nu' not in"),
-        ({"test_size": math.inf}, "below min_ess=12"),
+        ({"test_size": math.inf, "min_ess": 12}, "below min_ess=12"),
     ],
 )
 def test_named_errors(kwargs: dict, message: str) -> None:
@@ -387,3 +393,15 @@ def test_gap_prediction_errors() -> None:
     few = table.iloc[:3]
     with pytest.raises(EvaluationError, match="at least 5 scored models"):
         gap_prediction(few, ["mu"])
+
+
+def test_the_default_threshold_is_the_papers_or_half_the_largest_environment() -> None:
+    small = robust_scores(hand_table(), ["mu"], test_size=math.inf, epsilons=())
+    # Each environment of the hand-worked table holds 2 values x 2 seeds x 2 seeds = 4 pairs.
+    assert small.min_ess == default_min_ess(4) == 2 < MIN_ESS
+    assert any(
+        "half the" in note and "coupled pairs of the largest" in note for note in small.notes
+    )
+    assert default_min_ess(100) == MIN_ESS
+    chosen = robust_scores(hand_table(), ["mu"], test_size=math.inf, min_ess=1, epsilons=())
+    assert chosen.min_ess == 1 and not any("half the" in note for note in chosen.notes)

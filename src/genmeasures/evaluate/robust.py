@@ -22,7 +22,10 @@ The project's reading of the paper:
 - A pair's weight is the confidence that the sign of Δg is not test-set noise
   (:func:`pair_weights`). An environment's loss is the weighted mean of its pairs' sign-errors;
   its weight is its effective sample size ESS = (Σw)² / Σw², and environments with an ESS below
-  ``min_ess`` are dropped (and counted).
+  ``min_ess`` are dropped (and counted). The paper keeps environments of ESS 12 or more; an
+  environment here can reach that only with enough pairs (with one seed per configuration and 3
+  values of a type it holds 3), so by default the threshold is 12 or half the pairs of the
+  largest environment, whichever is smaller (:func:`default_min_ess`).
 
 A measure's score is then the distribution of its environment losses: per type and over all types
 together, the mean, the 90th percentile and the maximum (the robust sign-error, the paper's
@@ -176,7 +179,7 @@ def robust_scores(
     gap: str = "gap",
     hparams: Sequence[str] | str | None = None,
     test_size: float | None = None,
-    min_ess: float = MIN_ESS,
+    min_ess: float | None = None,
     epsilons: Sequence[float] = ORACLE_EPSILONS,
     draws: int = 10,
     seed: int = 0,
@@ -207,8 +210,8 @@ def robust_scores(
             columns (``seed``, ``data_seed``) among them are replicates, not types.
         test_size: The number of test examples behind each model's test error;
             ``math.inf`` for gaps without test noise. Required.
-        min_ess: Environments with a smaller effective sample size are dropped (default 12,
-            the paper's).
+        min_ess: Environments with a smaller effective sample size are dropped; None:
+            :func:`default_min_ess` (the paper's 12 where the environments are large enough).
         epsilons: Noise levels of the oracle rows.
         draws: Draws averaged per oracle.
         seed: Seed of the oracle and random draws: the same seed gives the same tables.
@@ -224,7 +227,6 @@ def robust_scores(
     """
     require_rows(table, "robust_scores")
     test_size = _test_size(test_size)
-    min_ess = _min_ess(min_ess)
     types, replicates = hyperparameter_types(table, hparams)
     require_columns(table, [gap], "gap")
     named = [measures] if isinstance(measures, str) else measures
@@ -235,6 +237,9 @@ def robust_scores(
     scored, g, excluded = _scored_rows(table, gap)
     _require_varied(scored, types)
     couplings = _couplings(level_codes(scored[list(types)]), g, test_size, types)
+    largest = int(np.diff(np.r_[couplings.starts, len(couplings.first)]).max())
+    capped = min_ess is None and default_min_ess(largest) < MIN_ESS
+    min_ess = default_min_ess(largest) if min_ess is None else _min_ess(min_ess)
     kept = _kept(_ess(couplings.total, couplings.square), min_ess)
     if not kept.any():
         raise EvaluationError(
@@ -270,8 +275,29 @@ def robust_scores(
         epsilons=tuple(epsilons),
         draws=draws,
         seed=seed,
-        notes=_notes(len(table), len(g), excluded, replicates, dropped, unscored, counts, min_ess),
+        notes=_notes(len(table), len(g), excluded, replicates, dropped, unscored, counts, min_ess)
+        + (
+            [
+                f"Environments need an effective sample size of {min_ess:g}: half the {largest} "
+                f"coupled pairs of the largest (Dziugaite et al.'s {MIN_ESS:g} needs larger "
+                "environments, e.g. more seeds per configuration)."
+            ]
+            if capped
+            else []
+        ),
     )
+
+
+def default_min_ess(largest: int) -> float:
+    """The default threshold of ESS: Dziugaite et al.'s 12, or half of ``largest`` if smaller.
+
+    ``largest`` is the number of coupled pairs of the largest environment. An environment of k
+    pairs has an ESS of at most k (all weights equal), so a population whose environments hold
+    fewer than 12 pairs, e.g. 3 values of a type and one seed per configuration, would keep none
+    under the paper's threshold; half its pairs keeps the environments where the gap differences
+    of at least half the pairs are clear of the test-set noise.
+    """
+    return min(MIN_ESS, largest / 2)
 
 
 def hyperparameter_types(
