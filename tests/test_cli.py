@@ -16,6 +16,7 @@ import pytest
 import genmeasures as gm
 from genmeasures.cli import main
 from genmeasures.measures import registry
+from genmeasures.zoo.evaluating import count_test_examples
 from genmeasures.zoo.store import Zoo
 
 TRAIN = ["measure", "--dataset", "digits", "--train-size", "200", "--width", "32", "--depth", "1"]
@@ -327,14 +328,19 @@ def test_evaluate_a_study_and_an_exported_table_alike(
     capsys.readouterr()
     code, from_study, err = run(capsys, "evaluate", str(study), "--report", str(tmp_path / "r1"))
     assert code == 0, err
+    test_size = count_test_examples(Zoo(study))
     code, from_csv, err = run(
-        capsys, "evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "batch_size,lr"
-    )
+        capsys, "evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "batch_size,lr",
+        "--test-size", str(test_size),
+    )  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "t-report" / "report.html").is_file()
-    study_ranks = pd.read_csv(tmp_path / "r1" / "ranks.csv", index_col=0)
-    csv_ranks = pd.read_csv(tmp_path / "t-report" / "ranks.csv", index_col=0)
-    pd.testing.assert_frame_equal(study_ranks, csv_ranks)
+    for stem in ("ranks", "robust"):
+        study_scores = pd.read_csv(tmp_path / "r1" / f"{stem}.csv", index_col=0)
+        csv_scores = pd.read_csv(tmp_path / "t-report" / f"{stem}.csv", index_col=0)
+        pd.testing.assert_frame_equal(study_scores, csv_scores)
+    header = next(line for line in from_study.splitlines() if line.startswith("measure "))
+    assert header.split()[-3:] == ["worst", "R²", "unconv."]
     assert from_study == from_csv
 
 
@@ -353,9 +359,14 @@ def test_evaluate_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 2 and "'g'" in err
     code, _, err = run(capsys, "evaluate", "--table", str(tmp_path / "none.csv"), "--hparams", "a")
     assert code == 2 and "does not exist" in err
-    code, out, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a")
+    code, _, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a")
+    assert code == 2 and "--test-size N" in err and "--no-robust" in err
+    code, _, err = run(capsys, "evaluate", str(tmp_path), "--test-size", "100")
+    assert code == 2 and "describe a --table" in err
+    code, out, err = run(capsys, "evaluate", "--table", str(table), "--hparams", "a", "--no-robust")
     assert code == 0, err
     assert "m" in {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert "worst" not in out
 
 
 def test_baseline_seed_seeds_the_baselines_only(
@@ -365,16 +376,19 @@ def test_baseline_seed_seeds_the_baselines_only(
     table = pd.DataFrame({"a": [1, 2, 3] * 4, "b": [1] * 6 + [2] * 6})
     table["gap"], table["m"] = rng.uniform(size=12), rng.uniform(size=12)
     table.to_csv(tmp_path / "t.csv", index=False)
-    ranks = []
+    ranks, robust = [], []
     for seed in ("1", "2"):
         report = tmp_path / f"r{seed}"
         argv = ["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b"]
-        code, _, err = run(capsys, *argv, "--baseline-seed", seed, "--report", str(report))
+        argv += ["--test-size", "inf", "--baseline-seed", seed, "--report", str(report)]
+        code, _, err = run(capsys, *argv)
         assert code == 0, err
         assert json.loads((report / "summary.json").read_text())["seed"] == int(seed)
         ranks.append(pd.read_csv(report / "ranks.csv", index_col=0))
-    pd.testing.assert_series_equal(ranks[0].loc["m"], ranks[1].loc["m"])
-    assert not ranks[0].loc["random"].equals(ranks[1].loc["random"])
+        robust.append(pd.read_csv(report / "robust.csv", index_col=0))
+    for scores in (ranks, robust):
+        pd.testing.assert_series_equal(scores[0].loc["m"], scores[1].loc["m"])
+        assert not scores[0].loc["random"].equals(scores[1].loc["random"])
     # --seed is the seed of a model (`measure`); evaluate and study no longer take it.
     with pytest.raises(SystemExit) as exited:
         main(["evaluate", "--table", str(tmp_path / "t.csv"), "--hparams", "a,b", "--seed", "1"])

@@ -141,12 +141,13 @@ def parser() -> argparse.ArgumentParser:
         help="score a study's measures, or a CSV table's, and write a report",
         description="Scores every measure against the generalization gap: Kendall's tau-a, "
         "granulated tau (psi per hyperparameter, Psi), conditional mutual information (K), "
-        "the oracle, canonical-ordering and random baselines, Pearson's r; prints the summary "
+        "the oracle, canonical-ordering and random baselines, Pearson's r, the sign-error over "
+        "environments (Dziugaite et al. 2020) and the held-out R2 of the gap; prints the summary "
         "table and writes report.md, report.html, CSV and LaTeX tables and plots.",
         epilog=_examples(
             "genmeasures evaluate runs/quick",
             "genmeasures evaluate runs/quick --measures 'pacbayes*' --report runs/quick/pacbayes",
-            "genmeasures evaluate --table results.csv --hparams width,lr --gap gap",
+            "genmeasures evaluate --table results.csv --hparams width,lr --test-size 10000",
         ),
     )
     evaluate.add_argument("study", type=Path, nargs="?", default=None, help="study folder")
@@ -163,6 +164,14 @@ def parser() -> argparse.ArgumentParser:
         "--architecture", default=None, help="column that tells architectures apart (--table)"
     )
     evaluate.add_argument(
+        "--test-size",
+        type=float,
+        default=None,
+        help="test examples behind each test error of --table, which weigh the sign-error's "
+        "pairs ('inf': no test noise; a study knows its own; needed with --table unless "
+        "--no-robust)",
+    )
+    evaluate.add_argument(
         "--measures",
         nargs="+",
         default=None,
@@ -170,6 +179,7 @@ def parser() -> argparse.ArgumentParser:
         "(default: every stored measure); with --table, its measure columns (default: every "
         "numeric column)",
     )
+    _add_data_root(evaluate)
     _add_evaluation_options(evaluate)
 
     show = _command(
@@ -211,11 +221,7 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     measure.add_argument("study", type=Path, nargs="?", default=None, help="study folder")
-    measure.add_argument(
-        "--data-root",
-        default=None,
-        help="folder of the MNIST/CIFAR-10/SVHN files (default: the built-in datasets only)",
-    )
+    _add_data_root(measure)
     measure.add_argument(
         "--workers",
         type=int,
@@ -294,11 +300,7 @@ def _add_training_options(
         help="local: this machine's worker processes; ray: a Ray cluster",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
-    parser.add_argument(
-        "--data-root",
-        default=None,
-        help="folder of the MNIST/CIFAR-10/SVHN files (default: the built-in datasets only)",
-    )
+    _add_data_root(parser)
     parser.add_argument(
         "--no-batch",
         action="store_true",
@@ -309,6 +311,14 @@ def _add_training_options(
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of the MNIST/CIFAR-10/SVHN files (default: the built-in datasets only)",
+    )
 
 
 def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
@@ -323,6 +333,19 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         type=_report_folder,
         default=None,
         help="report folder (default: STUDY/report)",
+    )
+    parser.add_argument(
+        "--no-robust",
+        action="store_true",
+        help="leave out the sign-error over environments (Dziugaite et al. 2020) and the "
+        "held-out gap prediction, with their tables and figures (default: computed)",
+    )
+    parser.add_argument(
+        "--min-ess",
+        type=float,
+        default=None,
+        help="effective sample size an environment needs to count in the sign-error (default: "
+        "the paper's 12, or half the pairs of the largest environment if smaller)",
     )
     parser.add_argument("--draws", type=int, default=10, help="draws averaged per oracle row")
     parser.add_argument(

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from genmeasures.cli_arguments import DEFAULT_STUDY
 from genmeasures.data import Dataset, load_dataset
 from genmeasures.errors import GenMeasuresError, GenMeasuresWarning
-from genmeasures.evaluate import Evaluation, read_table, score_table
+from genmeasures.evaluate import Evaluation, read_table, score_table, with_robust_scores
 from genmeasures.evaluate.report import format_summary, write_report
 from genmeasures.evaluate.table import MEASURES_ATTR
 from genmeasures.measures import MeasureSpec, Results, compute, get_measure, list_measures
@@ -206,6 +206,9 @@ def _study(args: argparse.Namespace) -> int:
             draws=args.draws,
             seed=args.baseline_seed,
             converged_only=args.converged_only,
+            robust=not args.no_robust,
+            min_ess=args.min_ess,
+            data_root=args.data_root,
         )
     with stages("report"):
         report = write_zoo_report(zoo, evaluation, args.report, workers=args.workers)
@@ -218,10 +221,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.study is None) == (args.table is None):
         raise GenMeasuresError("give either a study folder or --table FILE (not both)")
     if args.study is not None:
-        if args.hparams is not None or args.architecture is not None or args.gap != "gap":
+        described = (args.hparams, args.architecture, args.test_size)
+        if any(value is not None for value in described) or args.gap != "gap":
             raise GenMeasuresError(
-                "--gap, --hparams and --architecture describe a --table; a study folder "
-                "knows its own"
+                "--gap, --hparams, --architecture and --test-size describe a --table; a study "
+                "folder knows its own"
             )
         zoo = Zoo(args.study)
         evaluation = evaluate_zoo(
@@ -230,6 +234,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             draws=args.draws,
             seed=args.baseline_seed,
             converged_only=args.converged_only,
+            robust=not args.no_robust,
+            min_ess=args.min_ess,
+            data_root=args.data_root,
         )
         _warn_stale(zoo, evaluation.measures)
         report = write_zoo_report(zoo, evaluation, args.report)
@@ -253,6 +260,16 @@ def _evaluate(args: argparse.Namespace) -> int:
             draws=args.draws,
             seed=args.baseline_seed,
         )
+        if not args.no_robust:
+            if args.test_size is None:
+                raise GenMeasuresError(
+                    "--table needs --test-size N for the sign-error over environments: the "
+                    "number of test examples behind each test error ('inf' if the gaps have no "
+                    "test noise), or --no-robust to leave it out"
+                )
+            evaluation = with_robust_scores(
+                evaluation, test_size=args.test_size, min_ess=args.min_ess
+            )
         folder = args.report or args.table.with_name(f"{args.table.stem}-report")
         report = write_report(evaluation, folder, title=f"Table {args.table.name}")
     _print_report(evaluation, report)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genmeasures.evaluate import Evaluation, score_table
+from genmeasures.evaluate import Evaluation, score_table, with_robust_scores
 from genmeasures.evaluate import report as rp
 from genmeasures.evaluate.report import files
 
@@ -676,3 +676,53 @@ def test_trends_csv_without_axes() -> None:
     table["gap"] += np.arange(len(table)) / 100
     assert rp.trend_hparams(evaluate(table, ["m1"])) == ()
     assert rp.trends_csv(evaluate(table, ["m1"])) == ",".join(rp.TRENDS_CSV_COLUMNS) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# The robust part (Dziugaite et al. 2020)
+
+
+def test_a_report_with_its_robust_part(tmp_path: Path) -> None:
+    measures = ["m1", "m2"]
+    robust = with_robust_scores(evaluate(make_table(measures), measures), test_size=math.inf)
+    assert robust.robust is not None and robust.prediction is not None
+    # The leaderboard and the printed summary add the worst environment and the held-out R².
+    board = rp.leaderboard(robust)
+    assert board.at["m1", "worst"] == robust.robust.summary.at["m1", ("all", "max")]
+    assert board.at["m1", "R²"] == robust.prediction.at["m1", "r2"]
+    text = rp.format_summary(robust)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "Worst sign-error over environments" in text and "Best held-out R²" in " ".join(
+        text.split()
+    )
+    # The table in every format, its figures, and the JSON.
+    table = rp.robust_table(robust)
+    assert list(table.columns) == [
+        "mean", "p90", "worst", *(f"worst {h}" for h in HPARAMS), "environments", "R²"
+    ]  # fmt: skip
+    assert list(table.index) == [*measures, *robust.robust.baselines]
+    folder = tmp_path / "report"
+    rp.write_report(robust, folder, title="robust")
+    written_csv = pd.read_csv(folder / "robust.csv", index_col=0)
+    assert written_csv.loc["m1", "worst"] == pytest.approx(table.at["m1", "worst"])
+    assert r"\label{tab:robust}" in (folder / "robust.tex").read_text()
+    page = (folder / "report.html").read_text()
+    assert "Robustness over environments (Dziugaite et al. 2020) and held-out R²" in page
+    # lr has two values: its environments hold one pair, below the threshold of 1.5, so it has
+    # no distribution to draw.
+    assert robust.robust.environment_counts["lr"][0] == 0
+    figures = {p.name for p in (folder / "figures").glob("robust-*.png")}
+    assert figures == {
+        "robust-worst.png",
+        *(f"robust-cdf-{h}.png" for h in ["width", "batch_size", "all"]),
+    }
+    content = json.loads((folder / "summary.json").read_text())
+    assert content["robust"]["test_size"] is None  # inf has no JSON number
+    assert {row["measure"] for row in content["robust"]["summary"]} == set(table.index)
+    assert {row["measure"] for row in content["prediction"]} == set(measures)
+
+
+def test_a_report_without_robust_part_has_none_of_its_columns(ev: Evaluation) -> None:
+    assert "worst" not in rp.leaderboard(ev).columns
+    with pytest.raises(ValueError, match="no robust part"):
+        rp.robust_table(ev)

@@ -9,14 +9,15 @@ or imports torch, so a CSV from elsewhere is scored the same way as a study fold
 - :mod:`~genmeasures.evaluate.baselines`: the ε-oracle, canonical orderings, a random measure.
 - :func:`score_table`: every measure and baseline at once, as the paper's tables.
 - :func:`robust_scores`: the sign-error over environments, its mean, 90th percentile and worst
-  case (Dziugaite et al. 2020); :func:`gap_prediction`: the held-out R² of the gap on each measure.
+  case (Dziugaite et al. 2020); :func:`gap_prediction`: the held-out R² of the gap on each measure;
+  :func:`with_robust_scores`: both added to a :func:`score_table` evaluation.
 """
 
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS, canonical_rank
 from genmeasures.evaluate.cmi import ConditionalMI, conditional_mi
 from genmeasures.evaluate.prediction import gap_prediction
 from genmeasures.evaluate.rank import GranulatedTau, granulated_tau, kendall_tau
-from genmeasures.evaluate.robust import RobustEvaluation, robust_scores
+from genmeasures.evaluate.robust import RobustEvaluation, robust_scores, with_robust_scores
 from genmeasures.evaluate.scoring import Evaluation, measure_columns, score_table
 from genmeasures.evaluate.table import read_table
 
@@ -35,4 +36,5 @@ __all__ = [
     "read_table",
     "robust_scores",
     "score_table",
+    "with_robust_scores",
 ]

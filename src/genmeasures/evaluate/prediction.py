@@ -18,6 +18,10 @@ from genmeasures.evaluate.robust import hyperparameter_types
 from genmeasures.evaluate.scoring import _measure_names, _scored_rows
 from genmeasures.evaluate.table import level_codes, numeric_column, require_columns, require_rows
 
+#: Folds of :func:`gap_prediction` unless told otherwise (fewer when there are fewer
+#: configurations).
+FOLDS = 5
+
 #: The columns of :func:`gap_prediction`'s table.
 PREDICTION_COLUMNS = ("r2", "scale", "models")
 
@@ -28,7 +32,7 @@ def gap_prediction(
     *,
     gap: str = "gap",
     hparams: Sequence[str] | str | None = None,
-    folds: int = 5,
+    folds: int | None = None,
 ) -> pd.DataFrame:
     """The held-out R² of a one-feature linear regression of the gap on each measure.
 
@@ -51,18 +55,22 @@ def gap_prediction(
             (:func:`~genmeasures.evaluate.scoring.measure_columns`).
         gap: The generalization gap column.
         hparams: The hyperparameter columns; None reads ``table.attrs["hparams"]``.
-        folds: Folds of the cross-validation (at least 2).
+        folds: Folds of the cross-validation (at least 2); None: :data:`FOLDS`, or one per
+            configuration when there are fewer.
 
     Returns:
         Rows: the measures (index name ``"measure"``). Columns: ``r2`` (held-out R²), ``scale``
-        (``"log"`` or ``"linear"``: the feature used) and ``models`` (models with a finite value).
+        (``"log"`` or ``"linear"``: the feature used) and ``models`` (models with a finite value);
+        ``attrs["folds"]`` holds the folds used.
 
     Raises:
         EvaluationError: For a bad ``folds``, a missing or non-numeric column, fewer than 2
             finished models, or fewer models or configurations than folds.
     """
     require_rows(table, "gap_prediction")
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+    if folds is not None and (
+        isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2
+    ):
         raise EvaluationError(f"folds must be an int >= 2; got {folds!r}")
     types, replicates = hyperparameter_types(table, hparams)
     require_columns(table, [gap], "gap")
@@ -71,6 +79,7 @@ def gap_prediction(
     scored, g, _ = _scored_rows(table, gap)
     configuration = _configurations(scored, types)
     configurations = int(configuration.max()) + 1
+    folds = min(FOLDS, max(configurations, 2)) if folds is None else int(folds)
     if len(g) < folds or configurations < folds:
         raise EvaluationError(
             f"gap_prediction with folds={folds} needs at least {folds} scored models and "
@@ -90,6 +99,7 @@ def gap_prediction(
         }
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(PREDICTION_COLUMNS))
     frame.index.name = "measure"
+    frame.attrs["folds"] = folds
     return frame
 
 

@@ -34,6 +34,7 @@ supremum over the family of environments).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from genmeasures.evaluate.baselines import ORACLE_EPSILONS, oracle_draws, random
 from genmeasures.evaluate.rank import _within_group_pairs
 from genmeasures.evaluate.scoring import (
     RANDOM_ROW,
+    Evaluation,
     _count,
     _measure_names,
     _scored_rows,
@@ -67,6 +69,10 @@ MIN_ESS = 12.0
 #: Relative tolerance of the ESS threshold: an environment whose ESS is within it below
 #: ``min_ess`` is kept, so that k equal weights reach ``min_ess = k`` whatever the rounding.
 ESS_TOLERANCE = 1e-9
+
+#: A pair weighs more than 0 when its gap difference exceeds this many times 1/√n (n test
+#: examples): the root of ``(1 − 2 exp(−n Δ²/2))² = ½`` (:func:`pair_weights`).
+HOEFFDING_Z = math.sqrt(-2 * math.log((1 - math.sqrt(0.5)) / 2))
 
 #: The column label of the statistics over every type's environments together.
 ALL_TYPES = "all"
@@ -108,7 +114,10 @@ class RobustEvaluation:
         epsilons: The oracles' noise levels.
         draws: Draws averaged per oracle.
         seed: The seed of the oracle and random draws.
-        notes: Sentences for a report: exclusions, drops, replicate columns, dropped environments.
+        notes: Sentences for a report: exclusions, drops, replicate columns, then
+            :attr:`environment_notes`.
+        environment_notes: The sentences on the environments alone: the ESS threshold when it
+            is capped (:func:`default_min_ess`), the environments dropped, or why none is kept.
     """
 
     summary: pd.DataFrame
@@ -128,6 +137,7 @@ class RobustEvaluation:
     draws: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    environment_notes: list[str] = field(default_factory=list)
 
 
 def pair_weights(gap_difference: np.ndarray, test_size: float) -> np.ndarray:
@@ -222,8 +232,8 @@ def robust_scores(
     Raises:
         EvaluationError: For ``test_size`` missing or not positive, a bad ``min_ess``, a missing
             or non-numeric column, a type with a single value, no coupled pair among the scored
-            models, a named measure with fewer than 2 finite values, or every environment
-            dropped for a low ESS.
+            models, or a named measure with fewer than 2 finite values. Every environment
+            dropped for a low ESS is no error: the statistics are NaN and a note says why.
     """
     require_rows(table, "robust_scores")
     test_size = _test_size(test_size)
@@ -241,12 +251,6 @@ def robust_scores(
     capped = min_ess is None and default_min_ess(largest) < MIN_ESS
     min_ess = default_min_ess(largest) if min_ess is None else _min_ess(min_ess)
     kept = _kept(_ess(couplings.total, couplings.square), min_ess)
-    if not kept.any():
-        raise EvaluationError(
-            f"every one of the {len(kept)} environments has an effective sample size below "
-            f"min_ess={min_ess:g} (test_size={test_size:g}): pass a smaller min_ess, or a larger "
-            "population (more seeds per configuration)"
-        )
     mu, chosen, unscored = _measure_matrix(scored, chosen, named is not None)
     labels = (*chosen, *(oracle_row(e) for e in epsilons), RANDOM_ROW)
     loss, ess = _row_losses(mu, g, couplings, epsilons, draws, seed)
@@ -255,6 +259,7 @@ def robust_scores(
     for i, name in enumerate(types):
         of_type = kept[couplings.env_type == i]
         counts[name] = (int(of_type.sum()), int((~of_type).sum()))
+    environment = _environment_notes(counts, min_ess, test_size, largest, capped)
     dropped = {name: int(n) for name, n in zip(chosen, np.isnan(mu).sum(axis=0), strict=True) if n}
     per_type = np.bincount(couplings.pair_type, minlength=len(types))
     values = scored[list(types)].to_numpy(dtype=object)
@@ -275,17 +280,47 @@ def robust_scores(
         epsilons=tuple(epsilons),
         draws=draws,
         seed=seed,
-        notes=_notes(len(table), len(g), excluded, replicates, dropped, unscored, counts, min_ess)
-        + (
-            [
-                f"Environments need an effective sample size of {min_ess:g}: half the {largest} "
-                f"coupled pairs of the largest (Dziugaite et al.'s {MIN_ESS:g} needs larger "
-                "environments, e.g. more seeds per configuration)."
-            ]
-            if capped
-            else []
-        ),
+        notes=_notes(len(table), len(g), excluded, replicates, dropped, unscored) + environment,
+        environment_notes=environment,
     )
+
+
+def _environment_notes(
+    counts: dict[str, tuple[int, int]],
+    min_ess: float,
+    test_size: float,
+    largest: int,
+    capped: bool,
+) -> list[str]:
+    """Sentences on the environments: the threshold when capped, those dropped, or why none."""
+    notes = []
+    if capped:
+        notes.append(
+            f"Environments need an effective sample size of {min_ess:g}: half the {largest} "
+            f"coupled pairs of the largest (Dziugaite et al.'s {MIN_ESS:g} needs larger "
+            "environments, e.g. more seeds per configuration)."
+        )
+    kept = sum(k for k, _ in counts.values())
+    total = kept + sum(low for _, low in counts.values())
+    clear = (
+        f"; with {test_size:g} test examples a pair counts only when the gaps differ by more "
+        f"than {HOEFFDING_Z / math.sqrt(test_size):.3g}"
+        if math.isfinite(test_size)
+        else ""
+    )
+    if not kept:
+        notes.append(
+            f"No sign-error over environments: none of the {total} environments reaches an "
+            f"effective sample size of {min_ess:g}{clear}. A larger test set, more seeds per "
+            "configuration or a smaller min_ess would give some."
+        )
+    elif kept < total:
+        per_type = ", ".join(f"{name} {k} of {k + low}" for name, (k, low) in counts.items())
+        notes.append(
+            f"Sign-error: {kept} of {total} environments kept ({per_type}); the others have an "
+            f"effective sample size below {min_ess:g}{clear}."
+        )
+    return notes
 
 
 def default_min_ess(largest: int) -> float:
@@ -591,8 +626,6 @@ def _notes(
     replicates: Sequence[str],
     dropped: dict[str, int],
     unscored: Sequence[str],
-    counts: dict[str, tuple[int, int]],
-    min_ess: float,
 ) -> list[str]:
     notes = [f"{_count(models, 'model')} scored of {rows} in the table."]
     if excluded:
@@ -609,10 +642,45 @@ def _notes(
         notes.append(f"{name}: {_count(count, 'model')} with a NaN value dropped from its pairs.")
     for name in unscored:
         notes.append(f"{name}: fewer than 2 finite values among the finished models: not scored.")
-    for name, (kept, low) in counts.items():
-        if low:
-            notes.append(
-                f"{name}: {low} of {kept + low} environments have an effective sample size "
-                f"below {min_ess:g}: dropped."
-            )
     return notes
+
+
+def with_robust_scores(
+    ev: Evaluation, *, test_size: float | None, min_ess: float | None = None
+) -> Evaluation:
+    """An evaluation with its robust scores and held-out gap prediction added.
+
+    Both are computed on the table ``ev`` was scored from (:attr:`Evaluation.population`), for
+    the same measures, gap, hyperparameter types and baseline draws, so that a study and its
+    exported table give the same numbers.
+
+    Args:
+        ev: The scores, from :func:`~genmeasures.evaluate.scoring.score_table`.
+        test_size: The number of test examples behind each test error (:func:`robust_scores`).
+        min_ess: The ESS threshold of an environment; None: :func:`default_min_ess`.
+
+    Returns:
+        ``ev`` with :attr:`~Evaluation.robust` (:func:`robust_scores`) and
+        :attr:`~Evaluation.prediction` (:func:`~genmeasures.evaluate.prediction.gap_prediction`).
+
+    Raises:
+        EvaluationError: As :func:`robust_scores` and
+            :func:`~genmeasures.evaluate.prediction.gap_prediction` do.
+    """
+    from genmeasures.evaluate.prediction import gap_prediction  # it builds on this module
+
+    table, measures = ev.population, list(ev.measures)
+    robust = robust_scores(
+        table,
+        measures,
+        gap=ev.gap,
+        hparams=ev.hparams,
+        test_size=test_size,
+        min_ess=min_ess,
+        epsilons=ev.epsilons,
+        draws=ev.draws,
+        seed=ev.seed,
+    )
+    prediction = gap_prediction(table, measures, gap=ev.gap, hparams=ev.hparams)
+    notes = [*ev.notes, *robust.environment_notes]
+    return dataclasses.replace(ev, robust=robust, prediction=prediction, notes=notes)

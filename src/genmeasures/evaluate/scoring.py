@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from genmeasures.evaluate.table import (
     require_rows,
     resolve_hparams,
 )
+
+if TYPE_CHECKING:  # robust.py builds on this module
+    from genmeasures.evaluate.robust import RobustEvaluation
 
 #: Row label of the canonical-ordering baseline and of the random measure.
 CANONICAL_ROW, RANDOM_ROW = "canonical ordering", "random"
@@ -95,6 +98,10 @@ class Evaluation:
             value did not converge (known for a study,
             :func:`genmeasures.zoo.evaluating.evaluate_zoo`; empty for a plain table).
         converged_only: Whether those values were left out of the scores (else scored, flagged).
+        robust: The sign-error over environments (Dziugaite et al. 2020), when computed
+            (:func:`~genmeasures.evaluate.robust.with_robust_scores`).
+        prediction: The held-out R² of the gap per measure, computed with :attr:`robust`
+            (:func:`~genmeasures.evaluate.prediction.gap_prediction`).
     """
 
     ranks: pd.DataFrame
@@ -119,6 +126,8 @@ class Evaluation:
     null_psi_sd: dict[str, float] = field(default_factory=dict)
     unconverged: dict[str, tuple[str, ...]] = field(default_factory=dict)
     converged_only: bool = False
+    robust: RobustEvaluation | None = None
+    prediction: pd.DataFrame | None = None
 
 
 def measure_columns(table: pd.DataFrame, gap: str, hparams: Sequence[str]) -> tuple[str, ...]:

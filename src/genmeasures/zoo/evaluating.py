@@ -28,14 +28,16 @@ from pathlib import Path
 import pandas as pd
 
 from genmeasures.errors import EvaluationError
-from genmeasures.evaluate import Evaluation, score_table
+from genmeasures.evaluate import Evaluation, score_table, with_robust_scores
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS
 from genmeasures.evaluate.report import write_report
 from genmeasures.evaluate.table import HPARAMS_ATTR, MEASURES_ATTR, REPLICATE_COLUMNS
 from genmeasures.measures.registry import resolve_measures
 from genmeasures.zoo.space import PER_OPTIMIZER
+from genmeasures.zoo.states import ModelState
 from genmeasures.zoo.store import Zoo
 from genmeasures.zoo.versions import stale_warning
+from genmeasures.zoo.worker import cached_dataset
 
 #: The column naming each model's architecture in the scoring table.
 ARCHITECTURE = "model"
@@ -127,6 +129,9 @@ def evaluate_zoo(
     draws: int = 10,
     seed: int = 0,
     converged_only: bool = False,
+    robust: bool = True,
+    min_ess: float | None = None,
+    data_root: str | None = None,
 ) -> Evaluation:
     """Score the stored measures of a study (:func:`genmeasures.evaluate.score_table`).
 
@@ -148,6 +153,12 @@ def evaluate_zoo(
         draws: Draws averaged per oracle.
         seed: Seed of the oracle and random draws.
         converged_only: Score only the values that converged.
+        robust: Add the sign-error over environments and the held-out gap prediction
+            (:func:`~genmeasures.evaluate.with_robust_scores`), weighted by the study's test-set
+            size (:func:`count_test_examples`).
+        min_ess: Their ESS threshold; None: the default
+            (:func:`~genmeasures.evaluate.robust.default_min_ess`).
+        data_root: Folder of file-based datasets, read for the test-set size.
 
     Returns:
         The :class:`~genmeasures.evaluate.Evaluation`, with notes on how the study was read,
@@ -215,12 +226,33 @@ def evaluate_zoo(
     stale = stale_warning(zoo, evaluation.measures)
     if stale is not None:
         notes.append(f"Warning: {stale}.")
-    return dataclasses.replace(
+    evaluation = dataclasses.replace(
         evaluation,
         notes=[*evaluation.notes, *notes],
         unconverged=unconverged,
         converged_only=converged_only,
     )
+    if robust:
+        test_size = count_test_examples(zoo, data_root)
+        evaluation = with_robust_scores(evaluation, test_size=test_size, min_ess=min_ess)
+    return evaluation
+
+
+def count_test_examples(zoo: Zoo, data_root: str | None = None) -> int:
+    """The number of test examples behind the study's test errors: the smallest if they differ.
+
+    Read from each distinct data setting of the finished models (a dataset is loaded once per
+    setting, from the cache for a generated one), so a grid over ``test_size`` weighs every
+    pair by its least certain test error.
+
+    Raises:
+        EvaluationError: If no model has finished.
+        DataError: If a dataset cannot be read.
+    """
+    settings = {config.data_hash: config for config in zoo.configs((ModelState.DONE,))}
+    if not settings:
+        raise EvaluationError(f"study {zoo.path} has no finished model: nothing has a test error")
+    return min(len(cached_dataset(config, data_root).test[1]) for config in settings.values())
 
 
 def write_zoo_report(

@@ -17,6 +17,7 @@ Every name is importable from here; the modules hold:
   and :func:`format_summary`, the table printed after a study;
 - :mod:`~genmeasures.evaluate.report.figures`: the figures, drawn without pyplot;
 - :mod:`~genmeasures.evaluate.report.pages`: ``report.md`` and ``report.html``;
+- :mod:`~genmeasures.evaluate.report.robust_figures`: the figures of the robust evaluation;
 - :mod:`~genmeasures.evaluate.report.files`: figure file names and atomic writing;
 - :mod:`~genmeasures.evaluate.report.destination`: the report folder, checked before any work
   (:func:`check_report_folder`);
@@ -54,6 +55,7 @@ from genmeasures.evaluate.report.formats import (
     to_markdown,
     trends_csv,
 )
+from genmeasures.evaluate.report.robust_figures import environment_cdf_figure, worst_case_figure
 from genmeasures.evaluate.report.tables import (
     BASELINES_ATTR,
     CAPTION_ATTR,
@@ -66,6 +68,7 @@ from genmeasures.evaluate.report.tables import (
     pearson_table,
     population_notes,
     rank_table,
+    robust_table,
     trend_hparams,
     trend_table,
 )
@@ -86,6 +89,7 @@ __all__ = [
     "TREND_PANELS_PER_ROW",
     "check_report_folder",
     "cmi_table",
+    "environment_cdf_figure",
     "figure_names",
     "figure_png",
     "findings",
@@ -98,6 +102,7 @@ __all__ = [
     "population_notes",
     "rank_table",
     "ranked_measures",
+    "robust_table",
     "scatter_figure",
     "scores_figure",
     "slugify",
@@ -111,5 +116,6 @@ __all__ = [
     "trend_hparams",
     "trend_table",
     "trends_csv",
+    "worst_case_figure",
     "write_report",
 ]

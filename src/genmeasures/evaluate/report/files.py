@@ -38,7 +38,7 @@ def figure_names(measures: Sequence[str], *, prefix: str = "scatter") -> dict[st
             :func:`trend_figure`).
         prefix: The names' first word: ``scatter-<measure>.png``, ``trend-<hparam>.png``.
     """
-    taken = {"scores.png", "population.png"}
+    taken = {"scores.png", "population.png", "robust-worst.png"}
     names: dict[str, str] = {}
     for measure in measures:
         stem = f"{prefix}-{slugify(measure)}"

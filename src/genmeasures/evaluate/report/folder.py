@@ -24,6 +24,7 @@ from genmeasures.evaluate.report.files import (
 )
 from genmeasures.evaluate.report.formats import summary_json, to_csv, to_latex, trends_csv
 from genmeasures.evaluate.report.pages import FigureSection, _html_page, _markdown_page
+from genmeasures.evaluate.report.robust_figures import environment_cdf_figure, worst_case_figure
 from genmeasures.evaluate.report.tables import (
     _scope,
     _series,
@@ -31,8 +32,10 @@ from genmeasures.evaluate.report.tables import (
     pearson_table,
     population_notes,
     rank_table,
+    robust_table,
     trend_hparams,
 )
+from genmeasures.evaluate.robust import ALL_TYPES
 from genmeasures.evaluate.scoring import Evaluation
 from genmeasures.pool import check_workers, completed_in_pool
 
@@ -43,7 +46,11 @@ MIN_FIGURES_PER_WORKER = 10
 #: The files :func:`write_report` writes into its folder, besides the figures.
 REPORT_FILES = frozenset(
     {
-        *(f"{stem}.{suffix}" for stem in ("ranks", "cmi", "pearson") for suffix in ("csv", "tex")),
+        *(
+            f"{stem}.{suffix}"
+            for stem in ("ranks", "cmi", "pearson", "robust")
+            for suffix in ("csv", "tex")
+        ),
         "trends.csv",
         "summary.json",
         "report.md",
@@ -124,6 +131,8 @@ _FIGURES: dict[str, Callable[[Evaluation, str | None], Figure]] = {
     "population": lambda ev, _: population_figure(ev),
     "trend": lambda ev, hparam: trend_figure(ev, str(hparam)),
     "scatter": lambda ev, measure: scatter_figure(ev, str(measure)),
+    "worst": lambda ev, _: worst_case_figure(ev),
+    "cdf": lambda ev, hparam: environment_cdf_figure(ev, str(hparam)),
 }
 
 
@@ -155,6 +164,9 @@ def _write_files(ev: Evaluation, root: Path, *, title: str, description: str, wo
         ("Conditional mutual information (Jiang et al. 2020, table 6)", "cmi", cmi_table(ev)),
         ("Pearson correlation (Tsuzuku et al. 2020, tables 1-2)", "pearson", pearson_table(ev)),
     ]
+    if ev.robust is not None:
+        heading = "Robustness over environments (Dziugaite et al. 2020) and held-out R²"
+        tables.append((heading, "robust", robust_table(ev)))
     for _, stem, table in tables:
         _write_atomic(root / f"{stem}.csv", to_csv(table))
         _write_atomic(root / f"{stem}.tex", to_latex(table))
@@ -169,16 +181,30 @@ def _write_files(ev: Evaluation, root: Path, *, title: str, description: str, wo
     ]
     for hparam, name in figure_names(trend_hparams(ev), prefix="trend").items():
         jobs.append((overview, _trend_caption(ev, hparam), name, "trend", hparam))
+    robustness = "Robustness over environments (Dziugaite et al. 2020)"
+    if ev.robust is not None and not ev.robust.environments.empty:
+        caption = "Worst environment sign-error of each measure along each type and over all"
+        jobs.append((robustness, caption, "robust-worst.png", "worst", None))
+        counts = ev.robust.environment_counts
+        scopes = [*(name for name in ev.robust.hparams if counts[name][0]), ALL_TYPES]
+        for hparam, name in figure_names(scopes, prefix="robust-cdf").items():
+            caption = f"Distribution of each measure's environment losses along {hparam}"
+            jobs.append((robustness, caption, name, "cdf", hparam))
     for measure, name in figure_names(ev.measures).items():
         caption = f"{measure} against the generalization gap"
         jobs.append((each_measure, caption, name, "scatter", measure))
     pngs = _draw_figures(ev, [(kind, subject) for *_, kind, subject in jobs], workers)
-    drawn: dict[str, list[tuple[str, str, bytes]]] = {overview: [], each_measure: []}
+    drawn: dict[str, list[tuple[str, str, bytes]]] = {
+        overview: [],
+        robustness: [],
+        each_measure: [],
+    }
     for (section, caption, name, _, _), png in zip(jobs, pngs, strict=True):
         _write_atomic(figures_dir / name, png)
         drawn[section].append((caption, f"{FIGURES_FOLDER}/{name}", png))
     figures = [
         FigureSection(overview, drawn[overview]),
+        *([FigureSection(robustness, drawn[robustness])] if drawn[robustness] else []),
         FigureSection(each_measure, drawn[each_measure], folded=True),
     ]
 

@@ -10,7 +10,7 @@ import html
 import json
 import math
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,11 @@ from genmeasures.evaluate.report.tables import (
     trend_hparams,
     trend_table,
 )
-from genmeasures.evaluate.scoring import CANONICAL_ROW, Evaluation
+from genmeasures.evaluate.robust import ALL_TYPES
+from genmeasures.evaluate.scoring import CANONICAL_ROW, RANDOM_ROW, Evaluation
 
 #: Longest measure name shown in plot labels and :func:`format_summary` before truncation.
-NAME_WIDTH = 40
+NAME_WIDTH = 36
 
 #: Columns of ``trends.csv``: :func:`trend_table` of each hyperparameter, one after the other.
 TRENDS_CSV_COLUMNS = ("hparam", "measure", "level", *TREND_COLUMNS)
@@ -354,6 +355,8 @@ def findings(ev: Evaluation, *, best: int = 3) -> str:
             f"{ranked[0]} ranks worst along {psi.idxmin()} (ψ {psi.min():.3f}) and best along "
             f"{psi.idxmax()} (ψ {psi.max():.3f})."
         )
+    if ev.robust is not None and ev.prediction is not None:
+        sentences += _robust_findings(ev, ranked[:best])
     if ev.unconverged:
         treatment = "left out" if ev.converged_only else "scored as computed"
         values = sum(len(models) for models in ev.unconverged.values())
@@ -367,13 +370,36 @@ def findings(ev: Evaluation, *, best: int = 3) -> str:
     return " ".join(sentences)
 
 
+def _robust_findings(ev: Evaluation, best: Sequence[str]) -> list[str]:
+    """Sentences on the robust part: the worst environment of the best measures, the best R²."""
+    assert ev.robust is not None and ev.prediction is not None
+    worst = ev.robust.summary[(ALL_TYPES, "max")]
+    named = [f"{name} {worst[name]:.2f}" for name in best if math.isfinite(worst.get(name, np.nan))]
+    sentences = []
+    if named:
+        chance = worst.get(RANDOM_ROW, np.nan)
+        reference = f" (random measure {chance:.2f})" if math.isfinite(chance) else ""
+        sentences.append(
+            "Worst sign-error over environments (Dziugaite et al. 2020; 0 orders every clear "
+            f"pair right, 1 every one wrong): {', '.join(named)}{reference}."
+        )
+    elif ev.robust.environments.empty:
+        sentences += ev.robust.environment_notes[-1:]
+    r2 = ev.prediction["r2"].dropna()
+    if len(r2):
+        sentences.append(f"Best held-out R² of the gap: {r2.idxmax()} ({r2.max():.2f}).")
+    return sentences
+
+
 def leaderboard(ev: Evaluation) -> pd.DataFrame:
     """The measures ranked (:func:`ranked_measures`), then the oracles and the random measure.
 
     Columns: Ψ, Ψ/sd (Ψ's margin over chance in standard deviations,
     :attr:`~genmeasures.evaluate.Evaluation.null_psi_sd`), τ, τ/sd (the same for τ,
-    :func:`tau_null_sd`), K, and ``unconverged``, the scored values of the measure that did not
-    converge (0 for a plain table, which does not say).
+    :func:`tau_null_sd`), K; with a robust part, ``worst`` (the largest sign-error of an
+    environment over every type, Dziugaite et al. 2020) and ``R²`` (the held-out R² of the gap);
+    and ``unconverged``, the scored values of the measure that did not converge (0 for a plain
+    table, which does not say).
     """
     rows = {}
     names = [*ranked_measures(ev), *(b for b in ev.baselines if b != CANONICAL_ROW)]
@@ -387,17 +413,31 @@ def leaderboard(ev: Evaluation) -> pd.DataFrame:
             "τ": tau,
             "τ/sd": tau / sd if math.isfinite(sd) and sd > 0 else np.nan,
             "K": ev.cmi.at[name, "K"] if name in ev.cmi.index else np.nan,
-            "unconverged": len(ev.unconverged.get(name, ())) if name in ev.measures else np.nan,
         }
+        if ev.robust is not None and ev.prediction is not None:
+            summary = ev.robust.summary
+            rows[name]["worst"] = (
+                summary.at[name, (ALL_TYPES, "max")] if name in summary.index else np.nan
+            )
+            rows[name]["R²"] = ev.prediction["r2"].get(name, np.nan)
+        rows[name]["unconverged"] = (
+            len(ev.unconverged.get(name, ())) if name in ev.measures else np.nan
+        )
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("measure")
     table["unconverged"] = table["unconverged"].astype("Int64")  # counts, not reals
     table.attrs["baselines"] = [b for b in ev.baselines if b in rows]
     table.attrs["decimals"] = 3
     table.attrs[COLUMN_DECIMALS_ATTR] = {"Ψ/sd": 1, "τ/sd": 1, "K": 4}
+    robust = (
+        ", the worst sign-error over environments (Dziugaite et al. 2020), the held-out R² of "
+        "the gap"
+        if "worst" in table.columns
+        else ""
+    )
     table.attrs["caption"] = (
         "Measures ranked by Ψ (then K), with Ψ and τ each divided by its standard deviation "
-        "under chance on these models (the margin over chance), K and the values that did not "
-        "converge; the oracles and the random measure below for reference."
+        f"under chance on these models (the margin over chance), K{robust} and the values that "
+        "did not converge; the oracles and the random measure below for reference."
     )
     return table
 
@@ -418,14 +458,15 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
         canonical orderings' ψ of their own types.
     """
     width = max(len("measure"), min(name_width, max((len(r) for r in ev.ranks.index), default=0)))
-    line = f"{{:<{width}}}" + "  {:>7}" * 6
-
     board = leaderboard(ev)
+    # τ/sd stays in the report's leaderboard: with the robust columns the line would pass 100.
+    shown = [c for c in board.columns if c != "unconverged" and not (c == "τ/sd" and ev.robust)]
+    places = {c: board.attrs[COLUMN_DECIMALS_ATTR].get(c, 3) for c in shown}
+    line = f"{{:<{width}}}" + "  {:>7}" * (len(shown) + 1)
 
     def row(name: str) -> str:
-        psi, psi_margin, tau, tau_margin, k, unconverged = board.loc[name]
-        numbers = ((psi, 3), (psi_margin, 1), (tau, 3), (tau_margin, 1), (k, 4))
-        cells = [format_number(v, d) or "N/A" for v, d in numbers]
+        cells = [format_number(board.at[name, c], places[c]) or "N/A" for c in shown]
+        unconverged = board.at[name, "unconverged"]
         flag = str(int(unconverged)) if not pd.isna(unconverged) and unconverged else ""
         return line.format(_shorten(name, width), *cells, flag).rstrip()
 
@@ -435,7 +476,7 @@ def format_summary(ev: Evaluation, *, name_width: int = NAME_WIDTH) -> str:
         + "."
     )
     paragraph = textwrap.fill(findings(ev), 100)
-    header = line.format("measure", "Ψ", "Ψ/sd", "τ", "τ/sd", "K", "unconv.")
+    header = line.format("measure", *shown, "unconv.")
     lines = [paragraph, "", head, header]
     baselines = set(board.attrs["baselines"])
     lines += [row(name) for name in board.index if name not in baselines]
@@ -505,6 +546,25 @@ def summary_json(ev: Evaluation, *, title: str = "", description: str = "") -> s
         "cmi": _records(ev.cmi),
         "pearson": _records(ev.pearson),
     }
+    if ev.robust is not None and ev.prediction is not None:
+        summary = ev.robust.summary
+        content["robust"] = {
+            "test_size": ev.robust.test_size,
+            "min_ess": ev.robust.min_ess,
+            "environments": {
+                name: {"kept": kept, "dropped": low}
+                for name, (kept, low) in ev.robust.environment_counts.items()
+            },
+            "summary": [
+                {
+                    "measure": row,
+                    **{f"{t} {stat}": summary.at[row, (t, stat)] for t, stat in summary},
+                }
+                for row in summary.index
+            ],
+            "notes": list(ev.robust.notes),
+        }
+        content["prediction"] = _records(ev.prediction)
     return json.dumps(_json_value(content), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

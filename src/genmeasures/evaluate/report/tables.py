@@ -9,11 +9,13 @@ population summary (:func:`population_notes`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from genmeasures.evaluate.robust import ALL_TYPES
 from genmeasures.evaluate.scoring import Evaluation
 from genmeasures.evaluate.table import REPLICATE_COLUMNS
 
@@ -62,6 +64,61 @@ def rank_table(ev: Evaluation) -> pd.DataFrame:
         + _baselines_sentence(ev)
     )
     return _annotated(table, ev.baselines, decimals=3, caption=caption, label="tab:ranks")
+
+
+def robust_table(ev: Evaluation) -> pd.DataFrame:
+    """The sign-error over environments (Dziugaite et al. 2020) and the held-out R² of the gap.
+
+    Args:
+        ev: The scores with their robust part
+            (:func:`~genmeasures.evaluate.robust.with_robust_scores`).
+
+    Returns:
+        Rows: the measures, then the oracles and the random measure. Columns: the ``mean``, the
+        90th percentile (``p90``) and the ``worst`` (maximum) environment loss over every type,
+        the worst per type (``worst <type>``), the ``environments`` kept, and ``R²`` (held out,
+        the measures only). ``attrs`` as in :func:`rank_table`, with 3 decimals.
+
+    Raises:
+        ValueError: If ``ev`` has no robust part.
+    """
+    robust = ev.robust
+    if robust is None or ev.prediction is None:
+        raise ValueError("this evaluation has no robust part: see with_robust_scores")
+    summary = robust.summary
+    table = pd.DataFrame(
+        {
+            "mean": summary[(ALL_TYPES, "mean")],
+            "p90": summary[(ALL_TYPES, "p90")],
+            "worst": summary[(ALL_TYPES, "max")],
+            **{f"worst {name}": summary[(name, "max")] for name in robust.hparams},
+            "environments": pd.array(summary[(ALL_TYPES, "environments")], dtype="Int64"),
+            "R²": ev.prediction["r2"].reindex(summary.index),
+        },
+        index=summary.index,
+    )
+    kept = sum(kept for kept, _ in robust.environment_counts.values())
+    total = kept + sum(low for _, low in robust.environment_counts.values())
+    noise = (
+        "without test noise"
+        if math.isinf(robust.test_size)
+        else f"with n = {robust.test_size:g} test examples"
+    )
+    caption = (
+        "Sign-error over environments (Dziugaite et al. 2020). A coupled pair is two models that "
+        "differ in one hyperparameter type; an environment, the coupled pairs along one type "
+        "that share the values of the others. A pair's error is 0 when the measure orders the "
+        "two gaps right, 1 when wrong, ½ when it ties them, weighted by the Hoeffding "
+        f"confidence that the sign of the gap difference is not test-set noise ({noise}); "
+        f"environments with an effective sample size below {robust.min_ess:g} are dropped "
+        f"({kept} of {total} kept, all types). Columns: the mean, 90th percentile and worst "
+        "environment loss over every type, the worst per type, the environments kept, and R²: "
+        "the held-out R² of a one-feature regression of the gap on the measure (log scale for "
+        f"positive measures; {ev.prediction.attrs.get('folds', 'several')} folds by "
+        "configuration). Baselines below the measures: ε-oracles "
+        f"(losses averaged over {ev.draws} draws) and a random measure."
+    )
+    return _annotated(table, robust.baselines, decimals=3, caption=caption, label="tab:robust")
 
 
 def _with_unconverged(ev: Evaluation, table: pd.DataFrame) -> pd.DataFrame:
