@@ -136,10 +136,16 @@ _FIGURES: dict[str, Callable[[Evaluation, str | None], Figure]] = {
 }
 
 
+#: Figures kept in full colour: a palette of 64 colours merges their few thin coloured lines
+#: into the many gray ones.
+_FULL_COLOUR = frozenset({"cdf"})
+
+
 def _figure_png(job: tuple[int, Evaluation, str, str | None]) -> tuple[int, bytes]:
     """Draw one figure of a report as PNG bytes: what a drawing worker does."""
     index, ev, kind, subject = job
-    return index, figure_png(_FIGURES[kind](ev, subject))
+    colors = None if kind in _FULL_COLOUR else 64
+    return index, figure_png(_FIGURES[kind](ev, subject), colors=colors)
 
 
 def _draw_figures(
