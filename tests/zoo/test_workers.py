@@ -139,7 +139,8 @@ from genmeasures.zoo.watchdog import watch_descendants
 before = subprocess.Popen(["sleep", "60"])
 release = watch_descendants()
 after = subprocess.Popen(["sleep", "60"])
-time.sleep(0.5)  # the watchdog scans every 0.2 s
+time.sleep(2.0)  # ten of the watchdog's 0.2-s scans: it may miss a child younger than one, and
+# a loaded machine (CI failed here with 0.5 s while other jobs ran) delays its scans
 print(before.pid, after.pid, flush=True)
 if sys.argv[1] == "release":
     release()
