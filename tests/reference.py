@@ -634,3 +634,47 @@ def robust_environments_by_loop(
             if ess >= min_ess * (1 - 1e-9):
                 kept[key] = (weighted / total, ess)
     return kept
+
+
+def mixup_accuracy_by_loop(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    lam: float,
+) -> float:
+    """Label-wise mixup accuracy: each pair mixed and classified alone, one class at a time.
+
+    For every pair (i, j) of ``pairs`` (both of class c), the network classifies
+    ``lam·x_i + (1 − lam)·x_j`` as a batch of one; a class's accuracy is the fraction of its pairs
+    classified c, and the value is the mean of the classes' accuracies.
+    """
+    hits: dict[int, list[bool]] = {}
+    for i, j in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True):
+        assert labels[i] == labels[j] and i != j
+        mixed = lam * inputs[i] + (1.0 - lam) * inputs[j]
+        with torch.no_grad():
+            predicted = int(model(mixed.unsqueeze(0))[0].argmax())
+        hits.setdefault(int(labels[i]), []).append(predicted == int(labels[i]))
+    return float(np.mean([np.mean(class_hits) for class_hits in hits.values()]))
+
+
+def label_variation_by_loop(features: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Label variation over the k-nearest-neighbour graph, node by node (Lassance et al. 2020).
+
+    Node i's neighbours are the k other nodes of largest cosine similarity (numpy's stable
+    argsort: ties go to the lower index); its term is ``‖y_i‖² − (1/k) Σ_j ⟨y_i, y_j⟩``, the i-th
+    diagonal entry of ``Yᵀ(I − D^{-1/2} A D^{-1/2})Y`` with out-degree D = k. The value is the
+    mean of the terms.
+    """
+    n = len(features)
+    norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = features / norms
+    total = 0.0
+    for i in range(n):
+        similarity = np.array([float(unit[i] @ unit[j]) for j in range(n)])
+        similarity[i] = -np.inf
+        neighbours = np.argsort(-similarity, kind="stable")[:k]
+        total += float(targets[i] @ targets[i])
+        total -= sum(float(targets[i] @ targets[j]) for j in neighbours) / k
+    return total / n

@@ -11,6 +11,7 @@ from genmeasures.measures import (  # noqa: F401
     norms,
     output,
     perturbation,
+    representation,
     spectral,
     training,
 )
