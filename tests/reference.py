@@ -678,3 +678,57 @@ def label_variation_by_loop(features: np.ndarray, targets: np.ndarray, k: int) -
         total += float(targets[i] @ targets[i])
         total -= sum(float(targets[i] @ targets[j]) for j in neighbours) / k
     return total / n
+
+
+def power_law_fit_by_loop(values) -> tuple[float, float, float, int]:
+    """Clauset et al.'s power-law fit, one candidate x_min at a time: (α, x_min, D, tail size).
+
+    Each distinct value but the largest is a candidate x_min; its tail is every value ≥ x_min,
+    ``α = 1 + n / Σ ln(x/x_min)`` over the tail, and D the largest gap between the fitted CDF
+    ``1 − (x/x_min)^{1−α}`` and the empirical one ``k/n`` at the k-th smallest tail value. The
+    fit is the candidate of smallest D (the first among equals).
+    """
+    import math
+
+    data = sorted(float(v) for v in values)
+    best = None
+    for xmin in sorted(set(data))[:-1]:
+        tail = [v for v in data if v >= xmin]
+        n = len(tail)
+        alpha = 1 + n / sum(math.log(v / xmin) for v in tail)
+        distance = 0.0
+        for k, v in enumerate(tail):
+            distance = max(distance, abs(1 - (v / xmin) ** (1 - alpha) - k / n))
+        if best is None or distance < best[2]:
+            best = (alpha, xmin, distance, n)
+    return best
+
+
+def marchenko_pastur_median_by_quadrature(ratio: float) -> float:
+    """Median of the Marchenko-Pastur law (variance 1, ratio M/N ≤ 1): quad of its density."""
+    import math
+
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    a, b = (1 - math.sqrt(ratio)) ** 2, (1 + math.sqrt(ratio)) ** 2
+
+    def density(x: float) -> float:
+        return math.sqrt(max((b - x) * (x - a), 0.0)) / (2 * math.pi * ratio * x)
+
+    def cdf(x: float) -> float:
+        return quad(density, a, x, limit=400, epsabs=1e-14, epsrel=1e-13)[0]
+
+    return brentq(lambda x: cdf(x) - 0.5, a, b, xtol=1e-15, rtol=1e-14)
+
+
+def mp_outliers_by_formula(weight: np.ndarray) -> tuple[int, float]:
+    """(count, edge): squared singular values of W above ``median · (1 + √(M/N))² / median_MP``."""
+    squared = np.linalg.svd(np.asarray(weight, dtype=np.float64), compute_uv=False) ** 2
+    n, m = max(weight.shape), min(weight.shape)
+    edge = (
+        float(np.median(squared))
+        * (1 + np.sqrt(m / n)) ** 2
+        / marchenko_pastur_median_by_quadrature(m / n)
+    )
+    return int(np.sum(squared > edge)), edge

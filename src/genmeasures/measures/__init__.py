@@ -7,6 +7,7 @@ Tsuzuku et al. 2020).
 # The family modules register their measures on import: importing the package registers them all.
 from genmeasures.measures import (  # noqa: F401
     capacity,
+    heavy_tailed,
     normalized,
     norms,
     output,
@@ -17,6 +18,7 @@ from genmeasures.measures import (  # noqa: F401
 )
 from genmeasures.measures.compute import compute
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.heavy_tailed import heavy_tailed_layers
 from genmeasures.measures.registry import (
     MeasureSpec,
     get_measure,
@@ -33,6 +35,7 @@ __all__ = [
     "Results",
     "compute",
     "get_measure",
+    "heavy_tailed_layers",
     "list_measures",
     "register_measure",
 ]
