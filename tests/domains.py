@@ -20,6 +20,19 @@ SPECTRAL_CHAIN = [
     "sum-of-spec-over-margin",
     "sum-of-spec",
 ]
+#: The heavy-tailed spectral metrics (Martin & Mahoney 2021, issue 19): weight matrices only.
+HEAVY_TAILED = [
+    "ht-alpha",
+    "ht-alpha-weighted",
+    "ht-log-alpha-norm",
+    "ht-stable-rank",
+    "ht-mp-outliers",
+]
+#: ... of which those that fit a power law, undefined on matrices with fewer than 10 eigenvalues.
+POWER_LAW_FITS = {"ht-alpha", "ht-alpha-weighted", "ht-log-alpha-norm", "ht-mp-outliers"}
+#: The representation measures of the PGDL 2020 winners (issue 19): any differentiable network
+#: with a classification head.
+REPRESENTATION = {"db-index", "mixup-error", "db-times-mixup", "label-variation"}
 #: The issue's domains, written out: what each measure's definition needs.
 CHAIN = {
     "vc-dim",
@@ -41,6 +54,7 @@ WEIGHTS = {
     "spec-dist-reshaped",
     "normalized-sharpness",
     "normalized-sharpness-arxiv",
+    *HEAVY_TAILED,
 }
 RECORDS = {"num-step-to-0.1-loss", "num-step-0.1-to-0.01-loss", "grad-noise-epoch-1"}
 

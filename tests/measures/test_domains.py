@@ -9,7 +9,15 @@ import pytest
 import torch
 
 import genmeasures as gm
-from domains import CHAIN, HOMOGENEOUS, RECORDS, WEIGHTS, assert_values_and_reasons
+from domains import (
+    CHAIN,
+    HOMOGENEOUS,
+    POWER_LAW_FITS,
+    RECORDS,
+    REPRESENTATION,
+    WEIGHTS,
+    assert_values_and_reasons,
+)
 from genmeasures.zoo.train import TrainingConfig, train_to_target
 from networks import NETWORKS, ResidualCNN
 
@@ -27,10 +35,18 @@ TRANSFORMER_OK |= WEIGHTS | {"normalized-sharpness-param", "hessian-weighted-nor
 #: ... and the searches, which perturb every parameter of a network that cannot be folded.
 SEARCHES = ("flatness-pacbayes", "flatness-sharpness")
 TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SEARCHES}
+#: ... and the representation measures, which read the input of the classification head.
+TRANSFORMER_OK |= REPRESENTATION
 
 
 def expected_status(network: str, name: str) -> str:
     """The status of measure ``name`` on ``network`` without records: the table of the issue."""
+    if name in POWER_LAW_FITS and network != "residual_cnn":
+        return "undefined"  # every matrix of these tiny networks has fewer than 10 eigenvalues
+    return _domain_status(network, name)
+
+
+def _domain_status(network: str, name: str) -> str:
     if name in RECORDS:
         return "missing"
     if network == "transformer_block":

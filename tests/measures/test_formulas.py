@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import genmeasures as gm
+from domains import HEAVY_TAILED, REPRESENTATION
 from reference import (
     balanced_sum_by_scipy,
     conv_operator_norm,
@@ -205,8 +206,11 @@ def test_every_measure_matches_its_formula(setup, request):
     # The path norm is checked separately (by path enumeration, MLP only), the optimization
     # measures in test_training.py (they need records and are not functions of the folded
     # weights), the flatness measures in test_perturbation.py (their searches against the
-    # reference search by loops, their bounds written out from the scale found).
+    # reference search by loops, their bounds written out from the scale found); the heavy-tailed
+    # and representation measures in their own files (test_heavy_tailed.py,
+    # test_representation.py), against a power-law fit by loops and scikit-learn.
     elsewhere = {"optimization", "flatness-pacbayes", "flatness-sharpness"}
+    elsewhere |= {"heavy-tailed", "representation"}
     separate = {spec.name for spec in gm.list_measures() if spec.family in elsewhere}
     assert missing == {"path-norm", "path-norm-over-margin"} | separate
 
@@ -263,8 +267,13 @@ def test_exactly_the_catalog_measures_containing_gamma_are_nan_when_gamma_is_not
     wrong = (model(inputs).argmax(dim=1) + 1) % 3  # every example misclassified
     with pytest.warns(gm.GenMeasuresWarning):
         results = gm.compute(model, (inputs, wrong), init_model=init)
+    # The measures of issue 19 contain no γ; on this tiny MLP the power-law fits have too few
+    # eigenvalues and the wrong labels leave classes empty, so they are undefined for other reasons.
+    later = {*HEAVY_TAILED, *REPRESENTATION}
     undefined = {
-        name for name, r in results.items() if math.isnan(r.value) and r.status != "missing"
+        name
+        for name, r in results.items()
+        if math.isnan(r.value) and r.status != "missing" and name not in later
     }
     expected = NAN_IF_MARGIN_NONPOSITIVE | {
         f"{n}-reshaped" for n in NAN_IF_MARGIN_NONPOSITIVE if f"{n}-reshaped" in results
