@@ -35,6 +35,9 @@ MEASURES = (
     "mixup-error",
     "db-times-mixup",
     "label-variation",
+    "adaptive-sharpness-linf",
+    "adaptive-sharpness-l2",
+    "adaptive-sharpness-avg",
 )
 
 

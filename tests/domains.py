@@ -33,6 +33,9 @@ POWER_LAW_FITS = {"ht-alpha", "ht-alpha-weighted", "ht-log-alpha-norm", "ht-mp-o
 #: The representation measures of the PGDL 2020 winners (issue 19): any differentiable network
 #: with a classification head.
 REPRESENTATION = {"db-index", "mixup-error", "db-times-mixup", "label-variation"}
+#: Adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023, issue 19): any
+#: differentiable network (the unfolded network's parameters are perturbed).
+ADAPTIVE = {"adaptive-sharpness-linf", "adaptive-sharpness-l2", "adaptive-sharpness-avg"}
 #: The issue's domains, written out: what each measure's definition needs.
 CHAIN = {
     "vc-dim",

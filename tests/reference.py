@@ -732,3 +732,58 @@ def mp_outliers_by_formula(weight: np.ndarray) -> tuple[int, float]:
         / marchenko_pastur_median_by_quadrature(m / n)
     )
     return int(np.sum(squared > edge)), edge
+
+
+def adaptive_box_maxima(
+    loss_of_eps: Callable[[np.ndarray], float], size: int, rho: float, grid_points: int
+) -> tuple[float, float]:
+    """The largest loss at the vertices of the box ``|ε_i| ≤ ρ`` and on a regular grid in it.
+
+    Every vertex (``2^size`` points) and every point of the grid with ``grid_points`` values per
+    coordinate (vertices included when ``grid_points ≥ 2``) is evaluated one by one.
+
+    Returns:
+        ``(vertex maximum, grid maximum)``.
+    """
+    vertices = max(
+        loss_of_eps(np.array(point)) for point in itertools.product((-rho, rho), repeat=size)
+    )
+    axis = np.linspace(-rho, rho, grid_points)
+    grid = max(loss_of_eps(np.array(point)) for point in itertools.product(axis, repeat=size))
+    return float(vertices), float(grid)
+
+
+def softmax_regression_loss(weight: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean cross-entropy of ``x ↦ x Wᵀ`` for one weight ``(classes, inputs)`` or a stack of them.
+
+    Args:
+        weight: ``(classes, inputs)`` or ``(draws, classes, inputs)``.
+        x: ``(n, inputs)``.
+        y: ``(n,)`` integer labels.
+
+    Returns:
+        The loss, a scalar or one per stacked weight.
+    """
+    logits = np.einsum("ni,...ci->...nc", x, weight)
+    shift = logits.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]
+    picked = logits[..., np.arange(len(y)), y]
+    return (log_z - picked).mean(axis=-1)
+
+
+def adaptive_average_by_monte_carlo(
+    weight: np.ndarray, x: np.ndarray, y: np.ndarray, rho: float, draws: int, seed: int
+) -> tuple[float, float]:
+    """``E_ε L(W + |W| ⊙ ε) − L(W)``, ε ~ N(0, ρ² I), for softmax regression, and its std error.
+
+    Plain Monte-Carlo with numpy's generator, ``draws`` independent draws in chunks.
+    """
+    rng = np.random.default_rng(seed)
+    base = float(softmax_regression_loss(weight, x, y))
+    samples = []
+    for start in range(0, draws, 10_000):
+        count = min(10_000, draws - start)
+        eps = rng.normal(0.0, rho, size=(count, *weight.shape))
+        samples.append(softmax_regression_loss(weight + np.abs(weight) * eps, x, y) - base)
+    values = np.concatenate(samples)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(draws))

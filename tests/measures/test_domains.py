@@ -10,6 +10,7 @@ import torch
 
 import genmeasures as gm
 from domains import (
+    ADAPTIVE,
     CHAIN,
     HOMOGENEOUS,
     POWER_LAW_FITS,
@@ -37,6 +38,8 @@ SEARCHES = ("flatness-pacbayes", "flatness-sharpness")
 TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SEARCHES}
 #: ... and the representation measures, which read the input of the classification head.
 TRANSFORMER_OK |= REPRESENTATION
+#: ... and adaptive sharpness, which perturbs the unfolded network's weights.
+TRANSFORMER_OK |= ADAPTIVE
 
 
 def expected_status(network: str, name: str) -> str:

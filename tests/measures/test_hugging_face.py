@@ -33,6 +33,9 @@ OPTIONS = {
     "hessian-trace": {"probes": 2},
     "hessian-max-eig": {"iterations": 5},
     "normalized-sharpness": {"probes": 4},
+    "adaptive-sharpness-linf": {"steps": 3, "examples": 32},
+    "adaptive-sharpness-l2": {"steps": 3, "examples": 32},
+    "adaptive-sharpness-avg": {"draws": 2, "examples": 32},
 }
 
 

@@ -6,6 +6,7 @@ Tsuzuku et al. 2020).
 
 # The family modules register their measures on import: importing the package registers them all.
 from genmeasures.measures import (  # noqa: F401
+    adaptive,
     capacity,
     heavy_tailed,
     normalized,
