@@ -23,13 +23,14 @@ ascent step by ascent step.
 The maximum is searched by projected gradient ascent in ε-space, with the step-size schedule of
 Auto-PGD (Croce & Hein 2020) as the authors' code applies it (``sharpness.py`` of
 tml-epfl/sharpness-vs-generalization): ε starts at 0, the first step is 2ρ, each step moves to
-``ε_{k+1} = 0.75 z + 0.25 ε_{k-1}`` with ``z = P(ε_k + η d_k)`` (``d_k`` the sign of the ε-gradient
-for ℓ∞, the gradient over its ℓ2 norm for ℓ2; P the projection on the ball), and at Auto-PGD's
-checkpoints (22%, 41%, 57%, … of the steps) the step is halved and the ascent restarted from the
-best iterate if fewer than 75% of the steps since the last checkpoint improved the loss or
-nothing changed. The value is the largest loss seen. Each step's forward pass scores the
-previous iterate, so ``steps`` ascent steps cost ``steps`` forward-backward passes plus one
-forward pass (for the last iterate); the unperturbed loss comes from the first step (ε = 0).
+``ε_{k+1} = 0.75 z + 0.25 ε_{k-1}`` with ``z = P(ε_k + η d_k)`` (``d_k`` the sign of the
+ε-gradient for ℓ∞, taken as that of ∇_w L, equal where w ≠ 0; the ε-gradient over its ℓ2 norm
+for ℓ2; P the projection on the ball), and at Auto-PGD's checkpoints (22%, 41%, 57%, … of
+the steps) the step is halved and the ascent restarted from the best iterate if fewer than 75%
+of the steps since the last checkpoint improved the loss or nothing changed. The value is the
+largest loss seen. Each step's forward pass scores the previous iterate, so ``steps`` ascent
+steps cost ``steps`` forward-backward passes plus one forward pass (for the last iterate); the
+unperturbed loss comes from the first step (ε = 0).
 
 Parameters (``biases_and_norms``): by default only the parameters with two or more dimensions
 (weights of linear and convolution layers, attention projections, embeddings) are perturbed; with
@@ -202,21 +203,35 @@ class AdaptiveNetwork:
             return float(self._loss(x, y))
 
     def loss_and_gradient(
-        self, eps: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self,
+        eps: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        out: torch.Tensor | None = None,
+        scaled: bool = True,
     ) -> tuple[float, torch.Tensor]:
-        """The loss at ε and its gradient with respect to ε, ``|w⁰| ⊙ ∇_w L_B``, flat."""
+        """The loss at ε and its gradient with respect to ε, ``|w⁰| ⊙ ∇_w L_B``, flat.
+
+        Args:
+            eps: The point ε.
+            x: Inputs of the batch.
+            y: Labels of the batch.
+            out: A flat tensor to write the gradient into (no allocation), or None.
+            scaled: False returns ``∇_w L_B`` itself, which has the same sign as the gradient
+                with respect to ε wherever ``w⁰ ≠ 0`` (elsewhere ε does not move w).
+        """
         with torch.no_grad():
             self._set(eps)
         with torch.enable_grad():
             loss = self._loss(x, y)
             gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
-        flat = torch.cat(
-            [
-                torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
-                for p, g in zip(self._parameters, gradients, strict=True)
-            ]
-        )
-        return float(loss.detach()), flat.mul_(self.scale)
+        parts = [
+            torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
+            for p, g in zip(self._parameters, gradients, strict=True)
+        ]
+        flat = torch.cat(parts) if out is None else torch.cat(parts, out=out)
+        return float(loss.detach()), flat.mul_(self.scale) if scaled else flat
 
 
 def _network(ctx: MeasureContext, options: AdaptiveOptions) -> AdaptiveNetwork:
@@ -260,18 +275,9 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return w[1:]
 
 
-def _project(eps: torch.Tensor, rho: float, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return eps.clamp_(-rho, rho)
-    length = float(eps.norm())
-    return eps.mul_(rho / length) if length > rho else eps
-
-
-def _direction(gradient: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return gradient.sign()
-    length = float(gradient.norm())
-    return gradient / length if length > 0 else torch.zeros_like(gradient)
+def _free(pool: list[torch.Tensor], *used: torch.Tensor | None) -> torch.Tensor:
+    """A buffer of ``pool`` that is none of ``used`` (by identity)."""
+    return next(buffer for buffer in pool if all(buffer is not u for u in used))
 
 
 def worst_case_sharpness(
@@ -279,20 +285,27 @@ def worst_case_sharpness(
 ) -> tuple[float, float]:
     """``max_{‖ε‖_p ≤ ρ} L_B(w + |w| ⊙ ε)`` by projected ascent, and ``L_B(w)``, on one batch.
 
+    The vectors live in preallocated buffers (a few passes over ω numbers per step, no
+    allocation), so that the ascent costs little more than its forward-backward passes.
+
     Returns:
         The largest loss found and the unperturbed loss (its difference is the batch's value).
     """
-    checks = {
-        i + 1 for i in apgd_checkpoints(steps)
-    }  # the loss of iterate i + 1 is read at step i + 1
-    eps = torch.zeros_like(network.theta0)
-    previous = eps.clone()
+    # The loss of iterate i + 1 is read at step i + 1, where the checkpoint after i is decided.
+    checks = {i + 1 for i in apgd_checkpoints(steps)}
+    theta0 = network.theta0
+    points = [torch.zeros_like(theta0) for _ in range(4)]  # ε_k, ε_{k-1}, the best, the next
+    gradients = [torch.empty_like(theta0) for _ in range(3)]  # at ε_k, at the best, the next
+    direction, z = torch.empty_like(theta0), torch.empty_like(theta0)
+    eps, previous = points[0], points[1]
     step = 2.0 * rho
     base = best = -math.inf
-    best_eps, best_gradient = eps, None
+    best_eps: torch.Tensor = eps
+    best_gradient: torch.Tensor | None = None
     updates, last_check, last_step, last_best = 0, 0, step, -math.inf
     for k in range(steps):
-        loss, gradient = network.loss_and_gradient(eps, x, y)
+        buffer = _free(gradients, best_gradient)
+        loss, gradient = network.loss_and_gradient(eps, x, y, out=buffer, scaled=norm != "linf")
         if k == 0:
             base = best = loss
             best_eps, best_gradient = eps, gradient
@@ -306,8 +319,18 @@ def worst_case_sharpness(
             if few or stalled:
                 step /= 2
                 eps, gradient = best_eps, best_gradient
-        z = _project(eps + step * _direction(gradient, norm), rho, norm)
-        eps, previous = MOMENTUM * z + (1 - MOMENTUM) * previous, eps
+        if norm == "linf":
+            torch.sign(gradient, out=direction)
+            torch.add(eps, direction, alpha=step, out=z).clamp_(-rho, rho)
+        else:
+            length = float(gradient.norm())
+            torch.add(eps, gradient, alpha=step / length if length > 0 else 0.0, out=z)
+            radius = float(z.norm())
+            if radius > rho:
+                z.mul_(rho / radius)
+        following = _free(points, eps, previous, best_eps)
+        torch.lerp(previous, z, MOMENTUM, out=following)  # 0.75 z + 0.25 ε_{k-1}
+        eps, previous = following, eps
     best = max(best, network.loss(eps, x, y))
     return best, base
 
