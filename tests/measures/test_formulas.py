@@ -206,11 +206,12 @@ def test_every_measure_matches_its_formula(setup, request):
     # The path norm is checked separately (by path enumeration, MLP only), the optimization
     # measures in test_training.py (they need records and are not functions of the folded
     # weights), the flatness measures in test_perturbation.py (their searches against the
-    # reference search by loops, their bounds written out from the scale found); the heavy-tailed
-    # and representation measures in their own files (test_heavy_tailed.py,
-    # test_representation.py), against a power-law fit by loops and scikit-learn.
+    # reference search by loops, their bounds written out from the scale found); the heavy-tailed,
+    # representation and adaptive-sharpness measures in their own files (test_heavy_tailed.py,
+    # test_representation.py, test_adaptive_sharpness.py), against a power-law fit by loops,
+    # scikit-learn, and exhaustive and Monte-Carlo references.
     elsewhere = {"optimization", "flatness-pacbayes", "flatness-sharpness"}
-    elsewhere |= {"heavy-tailed", "representation"}
+    elsewhere |= {"heavy-tailed", "representation", "flatness-adaptive"}
     separate = {spec.name for spec in gm.list_measures() if spec.family in elsewhere}
     assert missing == {"path-norm", "path-norm-over-margin"} | separate
 
