@@ -13,13 +13,8 @@ import sklearn.model_selection
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate import RobustEvaluation, gap_prediction, robust_scores
 from genmeasures.evaluate.baselines import oracle_draws, random_measure
-from genmeasures.evaluate.robust import (
-    ALL_TYPES,
-    MIN_ESS,
-    STATISTICS,
-    default_min_ess,
-    pair_weights,
-)
+from genmeasures.evaluate.environments import pair_weights
+from genmeasures.evaluate.robust import ALL_TYPES, MIN_ESS, STATISTICS, default_min_ess
 from reference import robust_environments_by_loop
 
 # The hand-worked population: types a and b, two values each, two seeds.

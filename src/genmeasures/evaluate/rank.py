@@ -159,7 +159,7 @@ def psi_groups(codes: np.ndarray, i: int) -> Groups:
     values = len(np.unique(codes[:, i]))
     # θ_i must vary: replicate models of a single-valued type would otherwise give a ψ_i.
     usable = (size >= 2) & (values_per_group == values) & (values >= 2)
-    first, second, pair_group = _within_group_pairs(group)
+    first, second, pair_group = within_group_pairs(group)
     keep = usable[pair_group]
     order = np.argsort(pair_group[keep], kind="stable")
     first, second, pair_group = first[keep][order], second[keep][order], pair_group[keep][order]
@@ -195,7 +195,7 @@ def psi_matrix(mu: np.ndarray, g: np.ndarray, groups: Groups) -> np.ndarray:
     return taus.mean(axis=0)
 
 
-def _within_group_pairs(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def within_group_pairs(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every unordered pair of rows with the same group id: (first rows, second rows, group)."""
     order = np.argsort(group, kind="stable")
     sorted_group = group[order]

@@ -20,8 +20,8 @@ The project's reading of the paper:
 - A pair's sign-error is ½(1 − sgn(Δμ)·sgn(Δg)): 0 when the measure orders the two gaps right,
   1 when wrong, ½ for a tie in μ.
 - A pair's weight is the confidence that the sign of Δg is not test-set noise
-  (:func:`pair_weights`). An environment's loss is the weighted mean of its pairs' sign-errors;
-  its weight is its effective sample size ESS = (Σw)² / Σw², and environments with an ESS below
+  (:func:`~genmeasures.evaluate.environments.pair_weights`). An environment's loss is the
+  weighted mean of its pairs' sign-errors; its weight is its effective sample size ESS = (Σw)² / Σw², and environments with an ESS below
   ``min_ess`` are dropped (and counted). The paper keeps environments of ESS 12 or more; an
   environment here can reach that only with enough pairs (with one seed per configuration and 3
   values of a type it holds 3), so by default the threshold is 12 or half the pairs of the
@@ -44,7 +44,14 @@ import pandas as pd
 
 from genmeasures.errors import EvaluationError
 from genmeasures.evaluate.baselines import ORACLE_EPSILONS, oracle_draws, random_measure
-from genmeasures.evaluate.rank import _within_group_pairs
+from genmeasures.evaluate.environments import (
+    HOEFFDING_Z,
+    Couplings,
+    effective_sample_size,
+    environment_losses,
+    find_couplings,
+    kept_environments,
+)
 from genmeasures.evaluate.scoring import (
     RANDOM_ROW,
     Evaluation,
@@ -65,14 +72,6 @@ from genmeasures.evaluate.table import (
 #: The minimum effective sample size of an environment: 12, the value behind every figure of
 #: Dziugaite et al. 2020 (``min_ess=12`` in the makefile of their ``coupled_networks`` code).
 MIN_ESS = 12.0
-
-#: Relative tolerance of the ESS threshold: an environment whose ESS is within it below
-#: ``min_ess`` is kept, so that k equal weights reach ``min_ess = k`` whatever the rounding.
-ESS_TOLERANCE = 1e-9
-
-#: A pair weighs more than 0 when its gap difference exceeds this many times 1/√n (n test
-#: examples): the root of ``(1 − 2 exp(−n Δ²/2))² = ½`` (:func:`pair_weights`).
-HOEFFDING_Z = math.sqrt(-2 * math.log((1 - math.sqrt(0.5)) / 2))
 
 #: The column label of the statistics over every type's environments together.
 ALL_TYPES = "all"
@@ -140,48 +139,6 @@ class RobustEvaluation:
     environment_notes: list[str] = field(default_factory=list)
 
 
-def pair_weights(gap_difference: np.ndarray, test_size: float) -> np.ndarray:
-    """The weight of each coupled pair: how sure the sign of its gap difference is.
-
-    The gap is ``test error − train error``; the training errors are known exactly, so the noise
-    of Δg is the noise of the two test errors, each a mean of ``n = test_size`` 0-1 losses.
-    Hoeffding's inequality bounds each: ``P(|ê − e| ≥ t) ≤ 2 exp(−2 n t²)``. If both test errors
-    lie within ``|Δĝ|/2`` of their expectations, the expected gaps differ with the observed sign;
-    with ``t = |Δĝ|/2`` each fails with probability at most ``φ = 2 exp(−n Δĝ²/2)``, and, the two
-    taken as independent, the sign is right with confidence ``p = max(0, 1 − φ)²``. The weight
-    is ``w = max(0, 2p − 1)``: a pair no surer of its sign than a coin toss (p ≤ ½) weighs 0,
-    and w > 0 exactly when ``|Δĝ| > 1.960/√n`` (0.062 for n = 1000, 0.0196 for n = 10,000).
-
-    This is the weight of Dziugaite et al.'s code (``hoeffding_weight`` in
-    ``experiments/coupled_networks/common.py``, then ``(p − 0.5)₊`` in
-    ``create_environments.py``) times 2, so that w ∈ [0, 1] and a noiseless test set gives 1. The
-    factor cancels from the environment loss and from the ESS (both invariant to scaling every
-    weight), so losses and dropped environments are the paper's. Models tested on the same n
-    examples would allow a tighter, paired bound (the per-example difference of 0-1 losses lies
-    in [−1, 1], so the sign is right with confidence ``1 − φ``, not ``(1 − φ)²``); the paper's
-    more conservative weight is kept so that its threshold, ``min_ess = 12``, means what it meant
-    there.
-
-    Args:
-        gap_difference: Δg of each pair, as a fraction (a difference of 0-1 errors).
-        test_size: The number of test examples each test error was measured on;
-            ``math.inf``: no test noise (every pair with Δg ≠ 0 weighs 1).
-
-    Returns:
-        The weight of each pair, in [0, 1]; exactly 0 where Δg = 0.
-    """
-    gap_difference = np.asarray(gap_difference, dtype=np.float64)
-    weights = np.zeros(gap_difference.shape)
-    moved = gap_difference != 0
-    if math.isinf(test_size):
-        weights[moved] = 1.0
-        return weights
-    phi = 2.0 * np.exp(-test_size * gap_difference[moved] ** 2 / 2.0)
-    confidence = np.maximum(1.0 - phi, 0.0) ** 2
-    weights[moved] = np.maximum(2.0 * confidence - 1.0, 0.0)
-    return weights
-
-
 def robust_scores(
     table: pd.DataFrame,
     measures: Sequence[str] | str | None = None,
@@ -197,8 +154,8 @@ def robust_scores(
     """The sign-error of every measure and baseline over environments (Dziugaite et al. 2020).
 
     See the module's docstring for the definitions of coupled pairs, environments, the
-    sign-error and its weights (:func:`pair_weights`). Rows whose ``status`` is not ``"done"``
-    and rows with a NaN gap are excluded; a measure's NaN values drop those models for that
+    sign-error and its weights (:func:`~genmeasures.evaluate.environments.pair_weights`). Rows
+    whose ``status`` is not ``"done"`` and rows with a NaN gap are excluded; a measure's NaN values drop those models for that
     measure only (its pairs with them, and so its environments' weights and ESS).
 
     The statistics of a row are those of the empirical distribution of its kept environments'
@@ -246,15 +203,15 @@ def robust_scores(
         raise EvaluationError(f"measure columns may not be named like the baseline rows: {clashes}")
     scored, g, excluded = _scored_rows(table, gap)
     _require_varied(scored, types)
-    couplings = _couplings(level_codes(scored[list(types)]), g, test_size, types)
+    couplings = find_couplings(level_codes(scored[list(types)]), g, test_size, types)
     largest = int(np.diff(np.r_[couplings.starts, len(couplings.first)]).max())
     capped = min_ess is None and default_min_ess(largest) < MIN_ESS
     min_ess = default_min_ess(largest) if min_ess is None else _min_ess(min_ess)
-    kept = _kept(_ess(couplings.total, couplings.square), min_ess)
+    kept = kept_environments(effective_sample_size(couplings.total, couplings.square), min_ess)
     mu, chosen, unscored = _measure_matrix(scored, chosen, named is not None)
     labels = (*chosen, *(oracle_row(e) for e in epsilons), RANDOM_ROW)
     loss, ess = _row_losses(mu, g, couplings, epsilons, draws, seed)
-    kept_rows = _kept(ess, min_ess)
+    kept_rows = kept_environments(ess, min_ess)
     counts = {}
     for i, name in enumerate(types):
         of_type = kept[couplings.env_type == i]
@@ -390,95 +347,6 @@ def _require_varied(scored: pd.DataFrame, types: Sequence[str]) -> None:
             )
 
 
-@dataclass(frozen=True)
-class _Couplings:
-    """The coupled pairs of a population, ordered by environment, and what the gap gives them.
-
-    Attributes:
-        first: First model of each pair.
-        second: Second model of each pair.
-        pair_type: The type along which each pair differs.
-        weights: The weight of each pair (:func:`pair_weights`).
-        gap_sign: sgn(g_first − g_second).
-        starts: Index of each environment's first pair.
-        env_type: The type of each environment.
-        env_model: A model of each environment (its other types' values label it).
-        total: Σw of each environment.
-        square: Σw² of each environment.
-    """
-
-    first: np.ndarray
-    second: np.ndarray
-    pair_type: np.ndarray
-    weights: np.ndarray
-    gap_sign: np.ndarray
-    starts: np.ndarray
-    env_type: np.ndarray
-    env_model: np.ndarray
-    total: np.ndarray
-    square: np.ndarray
-
-
-def _couplings(
-    codes: np.ndarray, g: np.ndarray, test_size: float, types: Sequence[str]
-) -> _Couplings:
-    """Every coupled pair of the models with level ``codes`` (models x types), by environment.
-
-    Raises:
-        EvaluationError: If no two models differ in exactly one type.
-    """
-    first, second, pair_type, environment, env_type = [], [], [], [], []
-    environments = 0
-    for i in range(codes.shape[1]):
-        others = np.delete(codes, i, axis=1)
-        if others.shape[1]:
-            context = np.unique(others, axis=0, return_inverse=True)[1].reshape(-1)
-        else:
-            context = np.zeros(len(codes), dtype=np.int64)
-        a, b, pair_context = _within_group_pairs(context)
-        coupled = codes[a, i] != codes[b, i]
-        present, env = np.unique(pair_context[coupled], return_inverse=True)
-        order = np.argsort(env, kind="stable")
-        first.append(a[coupled][order])
-        second.append(b[coupled][order])
-        environment.append(env[order] + environments)
-        pair_type.append(np.full(len(order), i))
-        env_type.append(np.full(len(present), i))
-        environments += len(present)
-    if not environments:
-        raise EvaluationError(
-            f"no coupled pair among the {len(g)} scored models: no two of them differ in exactly "
-            f"one of the hyperparameter types {list(types)} (robust scoring compares such pairs)"
-        )
-    first_, second_ = np.concatenate(first), np.concatenate(second)
-    env_ = np.concatenate(environment)
-    starts = np.flatnonzero(np.r_[True, env_[1:] != env_[:-1]])
-    difference = g[first_] - g[second_]
-    weights = pair_weights(difference, test_size)
-    return _Couplings(
-        first=first_,
-        second=second_,
-        pair_type=np.concatenate(pair_type),
-        weights=weights,
-        gap_sign=np.sign(difference),
-        starts=starts,
-        env_type=np.concatenate(env_type),
-        env_model=first_[starts],
-        total=np.add.reduceat(weights, starts),
-        square=np.add.reduceat(weights**2, starts),
-    )
-
-
-def _ess(total: np.ndarray, square: np.ndarray) -> np.ndarray:
-    """The effective sample size (Σw)² / Σw² of each environment; 0 where Σw = 0."""
-    return np.divide(total**2, square, out=np.zeros(np.shape(total)), where=total > 0)
-
-
-def _kept(ess: np.ndarray, min_ess: float) -> np.ndarray:
-    """Environments with some weight and an ESS of at least ``min_ess`` (up to rounding)."""
-    return (ess > 0) & (ess >= min_ess * (1.0 - ESS_TOLERANCE))
-
-
 def _measure_matrix(
     scored: pd.DataFrame, chosen: Sequence[str], named: bool
 ) -> tuple[np.ndarray, tuple[str, ...], list[str]]:
@@ -513,7 +381,7 @@ def _measure_matrix(
 def _row_losses(
     mu: np.ndarray,
     g: np.ndarray,
-    couplings: _Couplings,
+    couplings: Couplings,
     epsilons: Sequence[float],
     draws: int,
     seed: int,
@@ -522,39 +390,16 @@ def _row_losses(
 
     An oracle's loss is the mean over its draws; its weights, and so its ESS, are the gap's.
     """
-    loss, ess = _environment_losses(mu, couplings)
+    loss, ess = environment_losses(mu, couplings)
     losses, sizes = [loss], [ess]
     for epsilon in epsilons:
-        loss, ess = _environment_losses(oracle_draws(g, epsilon, draws, seed), couplings)
+        loss, ess = environment_losses(oracle_draws(g, epsilon, draws, seed), couplings)
         losses.append(loss.mean(axis=1, keepdims=True))
         sizes.append(ess[:, :1])
-    loss, ess = _environment_losses(random_measure(len(g), seed)[:, None], couplings)
+    loss, ess = environment_losses(random_measure(len(g), seed)[:, None], couplings)
     losses.append(loss)
     sizes.append(ess)
     return np.concatenate(losses, axis=1), np.concatenate(sizes, axis=1)
-
-
-def _environment_losses(mu: np.ndarray, couplings: _Couplings) -> tuple[np.ndarray, np.ndarray]:
-    """The loss and ESS of every environment for each column of ``mu`` (models x columns).
-
-    A pair with a NaN value of a column leaves that column's sums. Where an environment has no
-    weight left, its loss is NaN and its ESS 0.
-    """
-    difference = mu[couplings.first] - mu[couplings.second]
-    errors = 0.5 - 0.5 * np.sign(difference) * couplings.gap_sign[:, None]
-    missing = np.isnan(difference)
-    if missing.any():
-        weights = np.where(missing, 0.0, couplings.weights[:, None])
-        errors[missing] = 0.0
-        total = np.add.reduceat(weights, couplings.starts, axis=0)
-        square = np.add.reduceat(weights**2, couplings.starts, axis=0)
-    else:
-        weights = couplings.weights[:, None]
-        total = np.repeat(couplings.total[:, None], mu.shape[1], axis=1)
-        square = np.repeat(couplings.square[:, None], mu.shape[1], axis=1)
-    weighted = np.add.reduceat(errors * weights, couplings.starts, axis=0)
-    loss = np.divide(weighted, total, out=np.full(total.shape, np.nan), where=total > 0)
-    return loss, _ess(total, square)
 
 
 def _summary(
@@ -594,7 +439,7 @@ def _long_table(
     loss: np.ndarray,
     ess: np.ndarray,
     kept: np.ndarray,
-    couplings: _Couplings,
+    couplings: Couplings,
     labels: Sequence[str],
     types: Sequence[str],
     values: np.ndarray,
