@@ -1,8 +1,8 @@
 """Coupled pairs and environments of a population, and their sign-error (Dziugaite et al. 2020).
 
 The mechanics of :mod:`genmeasures.evaluate.robust`: which pairs of models are coupled, how much
-each weighs (:func:`pair_weights`), how they group into environments (:func:`find_couplings`), and an
-environment's loss and effective sample size for any number of measures at once
+each weighs (:func:`pair_weights`), how they group into environments (:func:`find_couplings`),
+and an environment's loss and effective sample size for any number of measures at once
 (:func:`environment_losses`). The definitions are those of the robust module's docstring.
 """
 

@@ -20,12 +20,12 @@ The project's reading of the paper:
 - A pair's sign-error is ½(1 − sgn(Δμ)·sgn(Δg)): 0 when the measure orders the two gaps right,
   1 when wrong, ½ for a tie in μ.
 - A pair's weight is the confidence that the sign of Δg is not test-set noise
-  (:func:`~genmeasures.evaluate.environments.pair_weights`). An environment's loss is the
-  weighted mean of its pairs' sign-errors; its weight is its effective sample size ESS = (Σw)² / Σw², and environments with an ESS below
-  ``min_ess`` are dropped (and counted). The paper keeps environments of ESS 12 or more; an
-  environment here can reach that only with enough pairs (with one seed per configuration and 3
-  values of a type it holds 3), so by default the threshold is 12 or half the pairs of the
-  largest environment, whichever is smaller (:func:`default_min_ess`).
+  (:func:`~genmeasures.evaluate.environments.pair_weights`). An environment's loss is the weighted
+  mean of its pairs' sign-errors; its weight is its effective sample size ESS = (Σw)² / Σw², and
+  environments with an ESS below ``min_ess`` are dropped (and counted). The paper keeps environments
+  of ESS 12 or more; an environment here can reach that only with enough pairs (with one seed per
+  configuration and 3 values of a type it holds 3), so by default the threshold is 12 or half the
+  pairs of the largest environment, whichever is smaller (:func:`default_min_ess`).
 
 A measure's score is then the distribution of its environment losses: per type and over all types
 together, the mean, the 90th percentile and the maximum (the robust sign-error, the paper's
@@ -153,10 +153,10 @@ def robust_scores(
 ) -> RobustEvaluation:
     """The sign-error of every measure and baseline over environments (Dziugaite et al. 2020).
 
-    See the module's docstring for the definitions of coupled pairs, environments, the
-    sign-error and its weights (:func:`~genmeasures.evaluate.environments.pair_weights`). Rows
-    whose ``status`` is not ``"done"`` and rows with a NaN gap are excluded; a measure's NaN values drop those models for that
-    measure only (its pairs with them, and so its environments' weights and ESS).
+    See the module's docstring for the definitions of coupled pairs, environments, the sign-error
+    and its weights (:func:`~genmeasures.evaluate.environments.pair_weights`). Rows whose ``status``
+    is not ``"done"`` and rows with a NaN gap are excluded; a measure's NaN values drop those models
+    for that measure only (its pairs with them, and so its environments' weights and ESS).
 
     The statistics of a row are those of the empirical distribution of its kept environments'
     losses, each environment counted once, as in the paper's figures (its code takes the plain
