@@ -200,21 +200,26 @@ def _study(args: argparse.Namespace) -> int:
     with stages("measuring"):
         _measure_models(zoo, measures, args.data_root, args.workers)
     with stages("evaluating"):
-        evaluation = evaluate_zoo(
-            zoo,
-            measures,
-            draws=args.draws,
-            seed=args.baseline_seed,
-            converged_only=args.converged_only,
-            robust=not args.no_robust,
-            min_ess=args.min_ess,
-            data_root=args.data_root,
-        )
+        evaluation = _evaluate_study(zoo, measures, args)
     with stages("report"):
         report = write_zoo_report(zoo, evaluation, args.report, workers=args.workers)
     _print_report(evaluation, report)
     print(stages.summary())
     return 1 if failed else 0
+
+
+def _evaluate_study(zoo: Zoo, measures: list[str] | None, args: argparse.Namespace) -> Evaluation:
+    """:func:`evaluate_zoo` with the evaluation options that `study` and `evaluate` share."""
+    return evaluate_zoo(
+        zoo,
+        measures,
+        draws=args.draws,
+        seed=args.baseline_seed,
+        converged_only=args.converged_only,
+        robust=not args.no_robust,
+        min_ess=args.min_ess,
+        data_root=args.data_root,
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -228,16 +233,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "folder knows its own"
             )
         zoo = Zoo(args.study)
-        evaluation = evaluate_zoo(
-            zoo,
-            args.measures,
-            draws=args.draws,
-            seed=args.baseline_seed,
-            converged_only=args.converged_only,
-            robust=not args.no_robust,
-            min_ess=args.min_ess,
-            data_root=args.data_root,
-        )
+        evaluation = _evaluate_study(zoo, args.measures, args)
         _warn_stale(zoo, evaluation.measures)
         report = write_zoo_report(zoo, evaluation, args.report)
     else:
