@@ -24,7 +24,7 @@ from torch import nn
 
 import genmeasures as gm
 
-#: The measures of issue 19 so far, in the order printed.
+#: The measures of issue 19, in the order printed.
 MEASURES = (
     "ht-alpha",
     "ht-alpha-weighted",
@@ -38,6 +38,7 @@ MEASURES = (
     "adaptive-sharpness-linf",
     "adaptive-sharpness-l2",
     "adaptive-sharpness-avg",
+    "relative-flatness",
 )
 
 

@@ -36,6 +36,9 @@ REPRESENTATION = {"db-index", "mixup-error", "db-times-mixup", "label-variation"
 #: Adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023, issue 19): any
 #: differentiable network (the unfolded network's parameters are perturbed).
 ADAPTIVE = {"adaptive-sharpness-linf", "adaptive-sharpness-l2", "adaptive-sharpness-avg"}
+#: Relative flatness (Petzka et al. 2021, issue 19): any differentiable network whose logits are
+#: an affine map of the penultimate features.
+RELATIVE = {"relative-flatness"}
 #: The issue's domains, written out: what each measure's definition needs.
 CHAIN = {
     "vc-dim",

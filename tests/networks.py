@@ -5,6 +5,8 @@ Each builder returns a float64 network with ``input_shape`` set and seeded weigh
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -136,3 +138,46 @@ NETWORKS = {
     "transformer_block": transformer_block,
     "residual_cnn": residual_cnn,
 }
+
+
+# ------------------------------------------- a ReLU MLP and the rescalings that keep its function
+
+
+def relu_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 4-8-8-3 ReLU MLP in float64 (an ``nn.Sequential``), 40 inputs and labels, all seeded.
+
+    PyTorch's default initialization draws from the global generator: it is forked, so the seed
+    does not leak into other tests.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+        ).double()
+        x = torch.randn(40, 4, dtype=torch.float64)
+        y = torch.randint(0, 3, (40,))
+    return model, x, y
+
+
+def rescaled_layer(model: nn.Module, c: float) -> nn.Module:
+    """The first layer (weight and bias) times c, the second layer's weight over c."""
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[0].weight.mul_(c)
+        scaled[0].bias.mul_(c)
+        scaled[2].weight.div_(c)
+    return scaled
+
+
+def rescaled_nodes(model: nn.Module, layer: int = 2) -> nn.Module:
+    """Node j of hidden layer ``model[layer]`` times c_j (row and bias), column j next over c_j.
+
+    The default rescales the second hidden layer, whose nodes are the penultimate features.
+    """
+    scaled = copy.deepcopy(model)
+    c = torch.linspace(0.2, 6.0, 8, dtype=torch.float64)
+    with torch.no_grad():
+        scaled[layer].weight.mul_(c[:, None])
+        scaled[layer].bias.mul_(c)
+        scaled[layer + 2].weight.div_(c[None, :])
+    return scaled

@@ -787,3 +787,57 @@ def adaptive_average_by_monte_carlo(
         samples.append(softmax_regression_loss(weight + np.abs(weight) * eps, x, y) - base)
     values = np.concatenate(samples)
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(draws))
+
+
+def relative_flatness_by_hessian(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    head: str,
+    feature_producer: str | None = None,
+) -> float:
+    """``Σ_{s,s'} ⟨w_s, w_s'⟩ Tr H_{s,s'}`` from the full loss Hessian, summed by loops.
+
+    ``head`` names the classification head (Linear, or a 1×1 convolution before global average
+    pooling); ``w_s`` is its weight row (output) s, flattened. The Hessian is
+    :func:`loss_hessian` of the whole model, of which the head's weight block is read.
+
+    With ``feature_producer`` (the name of the layer whose output, after a ReLU, is the head's
+    input), the features are first normalized the way the authors' code does it, by
+    reparameterizing the network: output i of the producer (its weight row and bias) is divided
+    by the standard deviation σ_i of the head's input feature i over ``inputs`` (spatially
+    averaged for a convolution), and the head's column i is multiplied by σ_i. Features with
+    σ_i = 0 are left out of the sum.
+    """
+    model = copy.deepcopy(model)
+    head_module = model.get_submodule(head)
+    columns = head_module.weight.shape[1]
+    kept = list(range(columns))
+    if feature_producer is not None:
+        seen = []
+        handle = head_module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            model(inputs)
+        handle.remove()
+        features = seen[0].flatten(2).mean(dim=2) if seen[0].ndim > 2 else seen[0]
+        sigma = features.std(dim=0, correction=0)
+        kept = [i for i in range(columns) if sigma[i] > 0]
+        producer = model.get_submodule(feature_producer)
+        with torch.no_grad():
+            for i in kept:
+                producer.weight[i] /= sigma[i]
+                producer.bias[i] /= sigma[i]
+                head_module.weight[:, i] *= sigma[i]
+    hessian = loss_hessian(model, inputs, labels)
+    block = hessian[parameter_slices(model)[f"{head}.weight"]][
+        :, parameter_slices(model)[f"{head}.weight"]
+    ]
+    weight = head_module.weight.detach().flatten(1)
+    rows, width = weight.shape
+    total = 0.0
+    for s in range(rows):
+        for t in range(rows):
+            inner = sum(float(weight[s, k] * weight[t, k]) for k in kept)
+            trace = sum(float(block[s * width + k, t * width + k]) for k in kept)
+            total += inner * trace
+    return total

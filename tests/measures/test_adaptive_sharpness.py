@@ -17,7 +17,6 @@ In float64 on tiny networks:
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -32,6 +31,7 @@ from genmeasures.measures.adaptive import (
     apgd_checkpoints,
     worst_case_sharpness,
 )
+from networks import relu_mlp, rescaled_layer, rescaled_nodes
 from reference import (
     adaptive_average_by_monte_carlo,
     adaptive_box_maxima,
@@ -123,37 +123,6 @@ def test_average_case_matches_a_large_monte_carlo_estimate():
 
 
 # ------------------------------------------------------------------------------ invariance
-
-
-def relu_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
-    ).double()
-    x = torch.randn(40, 4, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,))
-    return model, x, y
-
-
-def rescaled_layer(model: nn.Module, c: float) -> nn.Module:
-    """The first layer (weight and bias) times c, the second layer's weight over c."""
-    scaled = copy.deepcopy(model)
-    with torch.no_grad():
-        scaled[0].weight.mul_(c)
-        scaled[0].bias.mul_(c)
-        scaled[2].weight.div_(c)
-    return scaled
-
-
-def rescaled_nodes(model: nn.Module) -> nn.Module:
-    """Each node j of the second hidden layer times c_j (row and bias), column j next over c_j."""
-    scaled = copy.deepcopy(model)
-    c = torch.linspace(0.2, 6.0, 8, dtype=torch.float64)
-    with torch.no_grad():
-        scaled[2].weight.mul_(c[:, None])
-        scaled[2].bias.mul_(c)
-        scaled[4].weight.div_(c[None, :])
-    return scaled
 
 
 INVARIANCE_OPTIONS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import genmeasures as gm
-from domains import ADAPTIVE, HEAVY_TAILED, REPRESENTATION
+from domains import ADAPTIVE, HEAVY_TAILED, RELATIVE, REPRESENTATION
 
 ALL = [spec.name for spec in gm.list_measures()]
 
@@ -73,7 +73,7 @@ OPTIMIZATION = {
 
 def test_every_catalog_measure_of_this_family_is_registered_with_its_reshaped_variants():
     # issue 19: the measures the field added since
-    later = {*HEAVY_TAILED, *REPRESENTATION, *ADAPTIVE}
+    later = {*HEAVY_TAILED, *REPRESENTATION, *ADAPTIVE, *RELATIVE}
     assert set(ALL) == ISSUE_MEASURES | NORMALIZED_FLAT_MINIMA | FLATNESS | OPTIMIZATION | later | {
         f"{name}-reshaped" for name in SPECTRAL
     }

@@ -15,6 +15,7 @@ from domains import (
     HOMOGENEOUS,
     POWER_LAW_FITS,
     RECORDS,
+    RELATIVE,
     REPRESENTATION,
     WEIGHTS,
     assert_values_and_reasons,
@@ -40,6 +41,9 @@ TRANSFORMER_OK |= {spec.name for spec in gm.list_measures() if spec.family in SE
 TRANSFORMER_OK |= REPRESENTATION
 #: ... and adaptive sharpness, which perturbs the unfolded network's weights.
 TRANSFORMER_OK |= ADAPTIVE
+#: ... and relative flatness, which reads the head's input and weights (the block is mean-pooled
+#: before its Linear head).
+TRANSFORMER_OK |= RELATIVE
 
 
 def expected_status(network: str, name: str) -> str:

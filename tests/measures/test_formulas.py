@@ -207,11 +207,12 @@ def test_every_measure_matches_its_formula(setup, request):
     # measures in test_training.py (they need records and are not functions of the folded
     # weights), the flatness measures in test_perturbation.py (their searches against the
     # reference search by loops, their bounds written out from the scale found); the heavy-tailed,
-    # representation and adaptive-sharpness measures in their own files (test_heavy_tailed.py,
-    # test_representation.py, test_adaptive_sharpness.py), against a power-law fit by loops,
-    # scikit-learn, and exhaustive and Monte-Carlo references.
+    # representation, adaptive-sharpness and relative-flatness measures in their own files
+    # (test_heavy_tailed.py, test_representation.py, test_adaptive_sharpness.py,
+    # test_relative_flatness.py), against a power-law fit by loops, scikit-learn, exhaustive and
+    # Monte-Carlo references, and the full Hessian.
     elsewhere = {"optimization", "flatness-pacbayes", "flatness-sharpness"}
-    elsewhere |= {"heavy-tailed", "representation", "flatness-adaptive"}
+    elsewhere |= {"heavy-tailed", "representation", "flatness-adaptive", "flatness-relative"}
     separate = {spec.name for spec in gm.list_measures() if spec.family in elsewhere}
     assert missing == {"path-norm", "path-norm-over-margin"} | separate
 

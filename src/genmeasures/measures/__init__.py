@@ -13,6 +13,7 @@ from genmeasures.measures import (  # noqa: F401
     norms,
     output,
     perturbation,
+    relative_flatness,
     representation,
     spectral,
     training,

@@ -1,0 +1,186 @@
+"""Relative flatness (Petzka et al., NeurIPS 2021), issue 19.
+
+In float64 on tiny networks:
+
+- the closed form against ``Σ ⟨w_s, w_s'⟩ Tr H_{s,s'}`` read off the full loss Hessian by loops,
+  on raw features and on features normalized by reparameterizing the network (the authors'
+  procedure), for a Linear head and a NiN head (1×1 convolution, global average pooling);
+- invariance: rescaling a ReLU network's layer by c and the next by 1/c, or single nodes of
+  either hidden layer, leaves the (normalized) value unchanged, while the head's plain Hessian
+  trace changes, and raw relative flatness changes when the penultimate nodes are rescaled;
+- the domain: heads it cannot read are ``unsupported`` with the reason; constant features are
+  left out.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import genmeasures as gm
+from networks import relu_mlp, rescaled_layer, rescaled_nodes
+from reference import loss_hessian, parameter_slices, relative_flatness_by_hessian
+
+NAME = "relative-flatness"
+
+
+def result(model, x, y, **options):
+    return gm.compute(model, (x, y), measures=[NAME], options={NAME: options})[NAME]
+
+
+def value(model, x, y, **options):
+    outcome = result(model, x, y, **options)
+    assert outcome.status == "ok", outcome.message
+    return outcome.value
+
+
+class NiNHead(nn.Module):
+    """conv 3×3 → ReLU → 1×1 conv to 3 classes → global average pooling, on (2, 5, 5) inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(2, 4, 3, padding=1)
+        self.classifier = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.features(x))).mean(dim=(2, 3))
+
+
+def nin_head() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(4)
+    model = NiNHead().double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.7 * torch.randn(parameter.shape, generator=generator))
+    x = torch.randn(12, 2, 5, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=generator)
+    return model, x, y
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_matches_the_full_hessian_on_a_relu_mlp(normalize):
+    model, x, y = relu_mlp()
+    expected = relative_flatness_by_hessian(
+        model, x, y, head="4", feature_producer="2" if normalize else None
+    )
+    assert expected > 0
+    assert value(model, x, y, normalize=normalize) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_matches_the_full_hessian_on_a_nin_head(normalize):
+    model, x, y = nin_head()
+    expected = relative_flatness_by_hessian(
+        model, x, y, head="classifier", feature_producer="features" if normalize else None
+    )
+    assert expected > 0
+    assert value(model, x, y, normalize=normalize) == pytest.approx(expected, rel=1e-10)
+
+
+def head_hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The trace of the loss Hessian w.r.t. the head's weights: flatness without the weights."""
+    block = parameter_slices(model)["4.weight"]
+    return float(loss_hessian(model, x, y).diagonal()[block].sum())
+
+
+def rescaled_head(model: nn.Module, c: float) -> nn.Module:
+    """The second hidden layer (weight and bias) times c, the head's weight over c."""
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[2].weight.mul_(c)
+        scaled[2].bias.mul_(c)
+        scaled[4].weight.div_(c)
+    return scaled
+
+
+RESCALINGS = {
+    "first layer-wise": lambda m: rescaled_layer(m, 7.3),
+    "head layer-wise": lambda m: rescaled_head(m, 7.3),
+    "penultimate nodes": rescaled_nodes,
+    "first hidden nodes": lambda m: rescaled_nodes(m, layer=0),
+}
+
+
+@pytest.mark.parametrize("rescaling", list(RESCALINGS))
+def test_invariant_to_relu_rescalings_where_the_plain_trace_is_not(rescaling):
+    model, x, y = relu_mlp()
+    scaled = RESCALINGS[rescaling](model)
+    with torch.no_grad():
+        assert torch.allclose(model(x), scaled(x), rtol=1e-12, atol=1e-12)
+    assert value(scaled, x, y) == pytest.approx(value(model, x, y), rel=1e-10)
+    if rescaling.startswith(("head", "penultimate")):  # the others leave the head's Hessian be
+        plain, plain_scaled = head_hessian_trace(model, x, y), head_hessian_trace(scaled, x, y)
+        assert abs(plain_scaled - plain) > 0.05 * plain, (plain, plain_scaled)
+
+
+def test_raw_features_are_not_invariant_to_rescaling_penultimate_nodes():
+    """Why the features are normalized by default: raw κ changes, layer-wise rescaling aside."""
+    model, x, y = relu_mlp()
+    raw = value(model, x, y, normalize=False)
+    for layer_wise in (rescaled_layer(model, 7.3), rescaled_head(model, 7.3)):
+        assert value(layer_wise, x, y, normalize=False) == pytest.approx(raw, rel=1e-10)
+    changed = value(rescaled_nodes(model), x, y, normalize=False)
+    assert abs(changed - raw) > 0.05 * raw, (raw, changed)
+
+
+def test_constant_features_are_left_out_and_counted():
+    model, x, y = relu_mlp()
+    with torch.no_grad():  # penultimate node 0 outputs ReLU(0.0 + 2.0) = 2 on every input
+        model[2].weight[0] = 0.0
+        model[2].bias[0] = 2.0
+    outcome = result(model, x, y)
+    assert outcome.status == "ok"
+    assert outcome.extra["constant_features"] == 1
+    kept = [i for i in range(8) if i != 0]
+    pruned = nn.Sequential(model[0], model[1], nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    with torch.no_grad():
+        pruned[2].weight.copy_(model[2].weight[kept])
+        pruned[2].bias.copy_(model[2].bias[kept])
+        pruned[4].weight.copy_(model[4].weight[:, kept])
+        pruned[4].bias.copy_(model[4].bias + 2.0 * model[4].weight[:, 0])
+    assert outcome.value == pytest.approx(value(pruned, x, y), rel=1e-10)
+
+
+def test_no_feature_to_normalize_is_undefined():
+    model, x, y = relu_mlp()
+    with torch.no_grad():
+        model[2].weight.zero_()
+    with pytest.warns(gm.GenMeasuresWarning, match="no feature to normalize"):
+        outcome = result(model, x, y)
+    assert outcome.status == "undefined"
+    assert "constant over the training set" in outcome.message
+
+
+class SquashedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 5 * torch.tanh(self.out(torch.relu(self.hidden(x))))
+
+
+class WideKernelHead(NiNHead):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(4, 3, 3, padding=1)
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "reason"),
+    [
+        (SquashedHead(), torch.randn(10, 4), "logits differ from the affine map"),
+        (WideKernelHead(), torch.randn(10, 2, 5, 5), "needs a Linear head or a 1×1 convolution"),
+    ],
+)
+def test_heads_it_cannot_read_are_unsupported_with_the_reason(model, inputs, reason):
+    model = model.double()
+    data = (inputs.double(), torch.randint(0, 3, (10,)))
+    outcome = gm.compute(model, data, measures=["relative-flat*"])[NAME]
+    assert outcome.status == "unsupported"
+    assert reason in outcome.message
+    assert "`out`" in outcome.message or "`classifier`" in outcome.message
