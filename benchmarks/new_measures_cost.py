@@ -67,7 +67,7 @@ def report(name: str, model: nn.Module, data: gm.Dataset, repeats: int) -> None:
             lambda m=measure: gm.compute(model, (inputs, labels), measures=[m], seed=0), repeats
         )
         status = gm.compute(model, (inputs, labels), measures=[measure], seed=0)[measure].status
-        print(f"  {measure:<20} {seconds * 1000:8.1f} ms = {seconds / unit:7.1f} passes ({status})")
+        print(f"  {measure:<24} {seconds * 1000:8.1f} ms = {seconds / unit:7.1f} passes ({status})")
 
 
 def main() -> None:

@@ -172,8 +172,8 @@ class AdaptiveNetwork:
         self.description = (
             "all parameters (unfolded)" if biases_and_norms else "weights: parameters of ≥ 2 dims"
         )
-        sizes = [tensor.numel() for tensor in tensors]
-        for parameter, view in zip(self._parameters, self._buffer.split(sizes), strict=True):
+        self._sizes = [tensor.numel() for tensor in tensors]
+        for parameter, view in zip(self._parameters, self._buffer.split(self._sizes), strict=True):
             parameter.data = view.view(parameter.shape)
             parameter.requires_grad_(True)
 
@@ -202,36 +202,40 @@ class AdaptiveNetwork:
             self._set(eps)
             return float(self._loss(x, y))
 
-    def loss_and_gradient(
-        self,
-        eps: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        out: torch.Tensor | None = None,
-        scaled: bool = True,
+    def loss_and_ascent_direction(
+        self, eps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, norm: str, out: torch.Tensor
     ) -> tuple[float, torch.Tensor]:
-        """The loss at ε and its gradient with respect to ε, ``|w⁰| ⊙ ∇_w L_B``, flat.
+        """The loss at ε, and what the ascent step of ``norm`` needs of its gradient, into ``out``.
+
+        For ℓ2 that is the gradient with respect to ε, ``|w⁰| ⊙ ∇_w L_B``; for ℓ∞ its sign,
+        written as ``sign(∇_w L_B)``, equal wherever ``w⁰ ≠ 0`` (elsewhere ε does not move w).
+        Each parameter's gradient is written straight into its slice of ``out`` (no separate
+        flattening pass: on a network with few examples per batch and many weights, the passes
+        over the ω numbers are a visible share of a step).
 
         Args:
             eps: The point ε.
             x: Inputs of the batch.
             y: Labels of the batch.
-            out: A flat tensor to write the gradient into (no allocation), or None.
-            scaled: False returns ``∇_w L_B`` itself, which has the same sign as the gradient
-                with respect to ε wherever ``w⁰ ≠ 0`` (elsewhere ε does not move w).
+            norm: ``"linf"`` or ``"l2"``.
+            out: A flat tensor of ω numbers to write into.
         """
         with torch.no_grad():
             self._set(eps)
         with torch.enable_grad():
             loss = self._loss(x, y)
             gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
-        parts = [
-            torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
-            for p, g in zip(self._parameters, gradients, strict=True)
-        ]
-        flat = torch.cat(parts) if out is None else torch.cat(parts, out=out)
-        return float(loss.detach()), flat.mul_(self.scale) if scaled else flat
+        with torch.no_grad():
+            for gradient, target, scale in zip(
+                gradients, out.split(self._sizes), self.scale.split(self._sizes), strict=True
+            ):
+                if gradient is None:
+                    target.zero_()
+                elif norm == "linf":
+                    torch.sign(gradient.reshape(-1), out=target)
+                else:
+                    torch.mul(gradient.reshape(-1), scale, out=target)
+        return float(loss.detach()), out
 
 
 def _network(ctx: MeasureContext, options: AdaptiveOptions) -> AdaptiveNetwork:
@@ -296,7 +300,7 @@ def worst_case_sharpness(
     theta0 = network.theta0
     points = [torch.zeros_like(theta0) for _ in range(4)]  # ε_k, ε_{k-1}, the best, the next
     gradients = [torch.empty_like(theta0) for _ in range(3)]  # at ε_k, at the best, the next
-    direction, z = torch.empty_like(theta0), torch.empty_like(theta0)
+    z = torch.empty_like(theta0)
     eps, previous = points[0], points[1]
     step = 2.0 * rho
     base = best = -math.inf
@@ -305,7 +309,7 @@ def worst_case_sharpness(
     updates, last_check, last_step, last_best = 0, 0, step, -math.inf
     for k in range(steps):
         buffer = _free(gradients, best_gradient)
-        loss, gradient = network.loss_and_gradient(eps, x, y, out=buffer, scaled=norm != "linf")
+        loss, gradient = network.loss_and_ascent_direction(eps, x, y, norm, buffer)
         if k == 0:
             base = best = loss
             best_eps, best_gradient = eps, gradient
@@ -320,8 +324,7 @@ def worst_case_sharpness(
                 step /= 2
                 eps, gradient = best_eps, best_gradient
         if norm == "linf":
-            torch.sign(gradient, out=direction)
-            torch.add(eps, direction, alpha=step, out=z).clamp_(-rho, rho)
+            torch.add(eps, gradient, alpha=step, out=z).clamp_(-rho, rho)  # gradient: its sign
         else:
             length = float(gradient.norm())
             torch.add(eps, gradient, alpha=step / length if length > 0 else 0.0, out=z)
