@@ -159,13 +159,13 @@ def relu_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
-def rescaled_layer(model: nn.Module, c: float) -> nn.Module:
-    """The first layer (weight and bias) times c, the second layer's weight over c."""
+def rescaled_layer(model: nn.Module, c: float, layer: int = 0) -> nn.Module:
+    """Hidden layer ``model[layer]`` (weight and bias) times c, the next layer's weight over c."""
     scaled = copy.deepcopy(model)
     with torch.no_grad():
-        scaled[0].weight.mul_(c)
-        scaled[0].bias.mul_(c)
-        scaled[2].weight.div_(c)
+        scaled[layer].weight.mul_(c)
+        scaled[layer].bias.mul_(c)
+        scaled[layer + 2].weight.div_(c)
     return scaled
 
 

@@ -795,6 +795,7 @@ def relative_flatness_by_hessian(
     labels: torch.Tensor,
     head: str,
     feature_producer: str | None = None,
+    pooled: bool = False,
 ) -> float:
     """``Σ_{s,s'} ⟨w_s, w_s'⟩ Tr H_{s,s'}`` from the full loss Hessian, summed by loops.
 
@@ -805,29 +806,35 @@ def relative_flatness_by_hessian(
     With ``feature_producer`` (the name of the layer whose output, after a ReLU, is the head's
     input), the features are first normalized the way the authors' code does it, by
     reparameterizing the network: output i of the producer (its weight row and bias) is divided
-    by the standard deviation σ_i of the head's input feature i over ``inputs`` (spatially
-    averaged for a convolution), and the head's column i is multiplied by σ_i. Features with
-    σ_i = 0 are left out of the sum.
+    by the standard deviation σ_i of the layer's input channel i over ``inputs`` (for a
+    convolution: over examples and positions, or with ``pooled`` over examples of the channel's
+    spatial mean, the features of a NiN head), and the layer's weights reading channel i are
+    multiplied by σ_i. Channels with σ_i = 0 are left out of the sum.
     """
     model = copy.deepcopy(model)
     head_module = model.get_submodule(head)
-    columns = head_module.weight.shape[1]
-    kept = list(range(columns))
+    channels = head_module.weight.shape[1]
+    kept_channels = list(range(channels))
     if feature_producer is not None:
         seen = []
         handle = head_module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
         with torch.no_grad():
             model(inputs)
         handle.remove()
-        features = seen[0].flatten(2).mean(dim=2) if seen[0].ndim > 2 else seen[0]
+        features = seen[0]
+        if features.ndim > 2:  # the channels' spatial means, or every position as an example
+            by_channel = features.transpose(0, 1).reshape(channels, -1).T
+            features = features.flatten(2).mean(dim=2) if pooled else by_channel
         sigma = features.std(dim=0, correction=0)
-        kept = [i for i in range(columns) if sigma[i] > 0]
+        kept_channels = [i for i in range(channels) if sigma[i] > 0]
         producer = model.get_submodule(feature_producer)
         with torch.no_grad():
-            for i in kept:
+            for i in kept_channels:
                 producer.weight[i] /= sigma[i]
                 producer.bias[i] /= sigma[i]
                 head_module.weight[:, i] *= sigma[i]
+    per_channel = head_module.weight[0, 0].numel()  # kernel entries per input channel
+    kept = [c * per_channel + r for c in kept_channels for r in range(per_channel)]
     hessian = loss_hessian(model, inputs, labels)
     block = hessian[parameter_slices(model)[f"{head}.weight"]][
         :, parameter_slices(model)[f"{head}.weight"]

@@ -14,8 +14,6 @@ In float64 on tiny networks:
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -27,8 +25,8 @@ from reference import loss_hessian, parameter_slices, relative_flatness_by_hessi
 NAME = "relative-flatness"
 
 
-def result(model, x, y, **options):
-    return gm.compute(model, (x, y), measures=[NAME], options={NAME: options})[NAME]
+def result(model, x, y, seed=0, **options):
+    return gm.compute(model, (x, y), measures=[NAME], seed=seed, options={NAME: options})[NAME]
 
 
 def value(model, x, y, **options):
@@ -60,21 +58,17 @@ def nin_head() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_matches_the_full_hessian_on_a_relu_mlp(normalize):
-    model, x, y = relu_mlp()
-    expected = relative_flatness_by_hessian(
-        model, x, y, head="4", feature_producer="2" if normalize else None
-    )
-    assert expected > 0
-    assert value(model, x, y, normalize=normalize) == pytest.approx(expected, rel=1e-10)
+#: Each network, the names of its head and of the layer whose ReLU output feeds the head.
+HEADS = {"relu mlp": (relu_mlp, "4", "2"), "nin head": (nin_head, "classifier", "features")}
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-def test_matches_the_full_hessian_on_a_nin_head(normalize):
-    model, x, y = nin_head()
+@pytest.mark.parametrize("network", list(HEADS))
+def test_matches_the_full_hessian(network, normalize):
+    build, head, producer = HEADS[network]
+    model, x, y = build()
     expected = relative_flatness_by_hessian(
-        model, x, y, head="classifier", feature_producer="features" if normalize else None
+        model, x, y, head=head, feature_producer=producer if normalize else None, pooled=True
     )
     assert expected > 0
     assert value(model, x, y, normalize=normalize) == pytest.approx(expected, rel=1e-10)
@@ -86,19 +80,9 @@ def head_hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> fl
     return float(loss_hessian(model, x, y).diagonal()[block].sum())
 
 
-def rescaled_head(model: nn.Module, c: float) -> nn.Module:
-    """The second hidden layer (weight and bias) times c, the head's weight over c."""
-    scaled = copy.deepcopy(model)
-    with torch.no_grad():
-        scaled[2].weight.mul_(c)
-        scaled[2].bias.mul_(c)
-        scaled[4].weight.div_(c)
-    return scaled
-
-
 RESCALINGS = {
     "first layer-wise": lambda m: rescaled_layer(m, 7.3),
-    "head layer-wise": lambda m: rescaled_head(m, 7.3),
+    "head layer-wise": lambda m: rescaled_layer(m, 7.3, layer=2),
     "penultimate nodes": rescaled_nodes,
     "first hidden nodes": lambda m: rescaled_nodes(m, layer=0),
 }
@@ -120,7 +104,7 @@ def test_raw_features_are_not_invariant_to_rescaling_penultimate_nodes():
     """Why the features are normalized by default: raw κ changes, layer-wise rescaling aside."""
     model, x, y = relu_mlp()
     raw = value(model, x, y, normalize=False)
-    for layer_wise in (rescaled_layer(model, 7.3), rescaled_head(model, 7.3)):
+    for layer_wise in (rescaled_layer(model, 7.3), rescaled_layer(model, 7.3, layer=2)):
         assert value(layer_wise, x, y, normalize=False) == pytest.approx(raw, rel=1e-10)
     changed = value(rescaled_nodes(model), x, y, normalize=False)
     assert abs(changed - raw) > 0.05 * raw, (raw, changed)
@@ -184,3 +168,72 @@ def test_heads_it_cannot_read_are_unsupported_with_the_reason(model, inputs, rea
     assert outcome.status == "unsupported"
     assert reason in outcome.message
     assert "`out`" in outcome.message or "`classifier`" in outcome.message
+
+
+# ------------------------------------------------------------------------ a chosen hidden layer
+
+#: Each case: the network, the layer, the layer whose ReLU output feeds it, and whether the
+#: features are normalized (the reference normalizes by reparameterizing that layer, so a layer
+#: reading the network's input is checked on raw features). The NiN head named as a layer is a
+#: convolution like any other: its channels are normalized over examples and positions.
+HIDDEN = {
+    "relu mlp, second layer, raw": (relu_mlp, "2", "0", False),
+    "relu mlp, second layer, normalized": (relu_mlp, "2", "0", True),
+    "nin, first convolution, raw": (nin_head, "features", None, False),
+    "nin, 1x1 convolution named, normalized": (nin_head, "classifier", "features", True),
+}
+
+
+@pytest.mark.parametrize("case", list(HIDDEN))
+def test_a_hidden_layer_with_every_unit_probe_is_the_full_hessians(case):
+    build, layer, producer, normalize = HIDDEN[case]
+    model, x, y = build()
+    expected = relative_flatness_by_hessian(
+        model, x, y, head=layer, feature_producer=producer if normalize else None
+    )
+    outcome = result(model, x, y, layer=layer, probes=400, normalize=normalize)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.extra["exact"] and outcome.extra["standard_error"] == 0
+    assert outcome.value == pytest.approx(expected, rel=1e-10)
+
+
+def test_the_head_named_as_a_layer_is_the_closed_form():
+    model, x, y = relu_mlp()
+    assert result(model, x, y, layer="4", probes=64).value == pytest.approx(
+        value(model, x, y), rel=1e-10
+    )
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_random_probe_estimate_is_within_its_standard_error(normalize):
+    """Rows of 8 weights: 63 probes (< 8²) take the estimate's path."""
+    model, x, y = relu_mlp()
+    exact = result(model, x, y, layer="2", probes=64, normalize=normalize)
+    estimates = [
+        result(model, x, y, layer="2", probes=63, normalize=normalize, seed=seed)
+        for seed in range(4)
+    ]
+    for estimate in estimates:
+        assert not estimate.extra["exact"] and estimate.extra["products"] == 63
+        error = estimate.extra["standard_error"]
+        assert 0 < error < 0.5 * exact.value
+        assert abs(estimate.value - exact.value) < 4 * error, (estimate.value, exact.value)
+    assert len({estimate.value for estimate in estimates}) == 4  # the seed draws the probes
+
+
+@pytest.mark.parametrize("rescaling", list(RESCALINGS))
+def test_a_hidden_layer_estimate_is_invariant_probe_by_probe(rescaling):
+    """With the same seed, the same probes: the rescalings leave every product unchanged."""
+    model, x, y = relu_mlp()
+    scaled = RESCALINGS[rescaling](model)
+    before = result(model, x, y, layer="2", probes=8)
+    after = result(scaled, x, y, layer="2", probes=8)
+    assert after.value == pytest.approx(before.value, rel=1e-9)
+
+
+def test_a_layer_that_is_not_a_weight_layer_is_a_named_error():
+    model, x, y = relu_mlp()
+    with pytest.raises(gm.MeasureError, match=r"layer must be 'head' or the name of .*0, 2, 4"):
+        result(model, x, y, layer="1")
+    with pytest.raises(gm.MeasureError, match="layer"):
+        result(model, x, y, layer="")

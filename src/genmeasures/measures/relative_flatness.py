@@ -43,17 +43,25 @@ from torch import nn
 from genmeasures.errors import MeasureError, UnsupportedLayerError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.features import FeatureLayer, feature_layer
+from genmeasures.measures.layer_flatness import hidden_layer_flatness
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure
-from genmeasures.validation import Flag, Settings, setting
+from genmeasures.validation import Custom, Flag, Integer, Rejected, Settings, setting
 
 __all__ = ["HeadFeatures", "RelativeFlatnessOptions", "head_features", "relative_flatness"]
 
 FAMILY = "flatness-relative"
+PROBES_PURPOSE = "relative-flatness/probes"
 
 #: The logits recomputed from the head's features must match the network's to this relative
 #: tolerance (of the largest logit) for the head to count as affine in them.
 AFFINE_TOLERANCE = 1e-4
+
+
+def _layer_name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise Rejected
+    return value
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,19 @@ class RelativeFlatnessOptions(Settings):
         "scale each penultimate feature to unit standard deviation over the training set (and "
         "the head's column by the inverse) first, as the authors' code does: invariant to "
         "rescaling single penultimate nodes; false: the raw features",
+    )
+    layer: str = setting(
+        "head",
+        Custom("'head' or the name of a module (a non-empty string)", _layer_name),
+        "head: the classification head, in closed form; or the name of a Linear or convolution "
+        "module (as in model.named_modules()), estimated from Hessian-vector products",
+    )
+    probes: int = setting(
+        100,
+        Integer(2),
+        "Hessian-vector products over the training set for a layer other than the head: exact "
+        "(p² products) when its rows' length p has p² <= probes, else an estimate from this many "
+        "random probes",
     )
 
 
@@ -208,6 +229,7 @@ def relative_flatness(
     eq="-",
     family=FAMILY,
     needs=("data",),
+    stochastic="opt",
     aliases=("kappa-tr", "relative flatness", "petzka-relative-flatness"),
     options=RelativeFlatnessOptions,
     description="Σ_{s,s'} ⟨w_s, w_s'⟩ Tr H_{s,s'}: the head's loss Hessian weighted by its "
@@ -217,7 +239,26 @@ def relative_flatness(
 def relative_flatness_measure(
     ctx: MeasureContext, *, options: RelativeFlatnessOptions
 ) -> MeasureOutput:
-    """Relative flatness of the classification head (module docstring)."""
+    """Relative flatness of the classification head (module docstring), or of a chosen layer."""
+    if options.layer != "head":
+        estimate = hidden_layer_flatness(
+            ctx,
+            options.layer,
+            normalize=options.normalize,
+            probes=options.probes,
+            generator=ctx.generator(PROBES_PURPOSE),
+        )
+        return MeasureOutput(
+            value=estimate.value,
+            extra={
+                "layer": options.layer,
+                "products": estimate.products,
+                "exact": estimate.exact,
+                "standard_error": estimate.standard_error,
+                "channels": estimate.channels,
+                "constant_channels": estimate.constant_channels,
+            },
+        )
     head = head_features(ctx)
     value, kept = relative_flatness(
         head.weight, head.features, head.logits, normalize=options.normalize
