@@ -28,7 +28,8 @@ layer-wise or node-wise in earlier layers, leaves φ's normalized values and ``W
 :mod:`genmeasures.measures.features`. A Linear head reads ``φ`` as its input; a 1×1 convolution
 followed by global average pooling (a NiN head) reads the spatial mean of its input. The logits
 must be the head's affine map of ``φ`` (checked on a probe batch); otherwise the measure is
-``unsupported``, naming the head and the mismatch.
+``unsupported``, naming the head and the mismatch. The ``layer`` option names another layer,
+whose κ comes from Hessian-vector products (:mod:`genmeasures.measures.layer_flatness`).
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ class RelativeFlatnessOptions(Settings):
     normalize: bool = setting(
         True,
         Flag(),
-        "scale each penultimate feature to unit standard deviation over the training set (and "
-        "the head's column by the inverse) first, as the authors' code does: invariant to "
-        "rescaling single penultimate nodes; false: the raw features",
+        "scale each input feature (channel) of the layer to unit standard deviation over the "
+        "training set, the weights reading it by the inverse, as the authors' code does: "
+        "invariant to rescaling the single units feeding the layer; false: the raw features",
     )
     layer: str = setting(
         "head",
