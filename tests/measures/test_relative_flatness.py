@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import genmeasures as gm
-from networks import relu_mlp, rescaled_layer, rescaled_nodes
+from networks import TransformerBlock, relu_mlp, rescaled_layer, rescaled_nodes
 from reference import loss_hessian, parameter_slices, relative_flatness_by_hessian
 
 NAME = "relative-flatness"
@@ -237,3 +237,14 @@ def test_a_layer_that_is_not_a_weight_layer_is_a_named_error():
         result(model, x, y, layer="1")
     with pytest.raises(gm.MeasureError, match="layer"):
         result(model, x, y, layer="")
+
+
+def test_a_layer_whose_input_cannot_be_read_is_unsupported_with_the_reason():
+    """nn.MultiheadAttention multiplies by out_proj.weight without calling out_proj."""
+    model = TransformerBlock().double().eval()
+    x = torch.randn(12, 4, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    options = {NAME: {"layer": "attn.out_proj"}}
+    outcome = gm.compute(model, (x, y), measures=["relative-flat*"], options=options)[NAME]
+    assert outcome.status == "unsupported"
+    assert "`attn.out_proj` is not called in the forward pass" in outcome.message

@@ -115,10 +115,17 @@ def _input_scales(ctx: MeasureContext, path: str, module: nn.Module) -> torch.Te
             for x, _ in ctx.batches():
                 before = seen["calls"]
                 ctx.model(x)
-                if seen["calls"] - before != 1:
+                calls = seen["calls"] - before
+                if calls == 0:
                     raise UnsupportedLayerError(
-                        f"the layer `{path}` runs {seen['calls'] - before} times in one forward "
-                        "pass: its input is not one set of features"
+                        f"the layer `{path}` is not called in the forward pass (its parent uses "
+                        "its weight directly, as nn.MultiheadAttention does with out_proj): its "
+                        "input cannot be read"
+                    )
+                if calls > 1:
+                    raise UnsupportedLayerError(
+                        f"the layer `{path}` runs {calls} times in one forward pass: its input is "
+                        "not one set of features"
                     )
     finally:
         handle.remove()
