@@ -14,6 +14,8 @@ In float64 on tiny networks:
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -248,3 +250,48 @@ def test_a_layer_whose_input_cannot_be_read_is_unsupported_with_the_reason():
     outcome = gm.compute(model, (x, y), measures=["relative-flat*"], options=options)[NAME]
     assert outcome.status == "unsupported"
     assert "`attn.out_proj` is not called in the forward pass" in outcome.message
+
+
+class GroupedNet(nn.Module):
+    """conv 3×3 (2→4) → ReLU → grouped conv 3×3 (4→4, 2 groups) → ReLU → 1×1 conv → pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(2, 4, 3, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.classifier = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.grouped(torch.relu(self.first(x))))
+        return self.classifier(hidden).mean(dim=(2, 3))
+
+
+def test_a_grouped_convolution_reads_each_channel_through_its_group():
+    """Rescaling single input channels of a grouped convolution leaves normalized κ unchanged.
+
+    Each output channel of group g reads only that group's input channels: a wrong map from
+    weights to channels would normalize the wrong weights and break the invariance.
+    """
+    generator = torch.Generator().manual_seed(6)
+    model = GroupedNet().double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.7 * torch.randn(parameter.shape, generator=generator))
+    x = torch.randn(12, 2, 5, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=generator)
+    scaled = copy.deepcopy(model)
+    c = torch.tensor([0.3, 4.0, 1.7, 0.6], dtype=torch.float64)
+    with torch.no_grad():
+        scaled.first.weight.mul_(c[:, None, None, None])
+        scaled.first.bias.mul_(c)
+        for out in range(4):  # output channel `out` reads channels 2·(out // 2) + (0, 1)
+            scaled.grouped.weight[out].div_(c[2 * (out // 2) : 2 * (out // 2) + 2, None, None])
+        assert torch.allclose(model(x), scaled(x), rtol=1e-12, atol=1e-12)
+    for normalize, changes in ((True, False), (False, True)):
+        options = {"layer": "grouped", "probes": 400, "normalize": normalize}
+        before, after = result(model, x, y, **options), result(scaled, x, y, **options)
+        assert before.extra["exact"]
+        if changes:
+            assert abs(after.value - before.value) > 0.05 * before.value
+        else:
+            assert after.value == pytest.approx(before.value, rel=1e-10)
