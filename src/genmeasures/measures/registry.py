@@ -58,7 +58,7 @@ class MeasureSpec:
         family: Family name of the catalog (``"spectral"``, ``"norm"``, ``"path"``, ...).
         needs: Inputs it needs, a subset of :data:`INPUT_KINDS`.
         stochastic: ``"no"``, ``"no*"`` (power iteration from a random start), ``"yes"`` or
-            ``"opt"``.
+            ``"opt"`` (random only under an option, e.g. a subsample).
         aliases: Other labels of the paper's tables, matched case-insensitively.
         options: The :class:`~genmeasures.validation.Settings` dataclass declaring the options
             it takes (defaults, constraints, documentation), or None for a measure without any.
