@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import genmeasures as gm
+from genmeasures.measures.layer_flatness import varying
 from networks import TransformerBlock, relu_mlp, rescaled_layer, rescaled_nodes
 from reference import loss_hessian, parameter_slices, relative_flatness_by_hessian
 
@@ -112,22 +113,40 @@ def test_raw_features_are_not_invariant_to_rescaling_penultimate_nodes():
     assert abs(changed - raw) > 0.05 * raw, (raw, changed)
 
 
-def test_constant_features_are_left_out_and_counted():
+@pytest.mark.parametrize("constant", [2.0, 0.1, 0.123456789])
+def test_constant_features_are_left_out_and_counted(constant):
+    """A feature constant over the training set acts as a bias; its σ is 0 or rounding error.
+
+    0.1 and 0.123456789 are not binary fractions; for the second, torch's std of 40 copies is
+    1.4e-17 rather than 0, which a test σ > 0 would take for a tiny variation, inflating the
+    value by 1e30.
+    """
     model, x, y = relu_mlp()
-    with torch.no_grad():  # penultimate node 0 outputs ReLU(0.0 + 2.0) = 2 on every input
+    with torch.no_grad():  # penultimate node 0 outputs ReLU(0 + constant) on every input
         model[2].weight[0] = 0.0
-        model[2].bias[0] = 2.0
-    outcome = result(model, x, y)
-    assert outcome.status == "ok"
-    assert outcome.extra["constant_features"] == 1
+        model[2].bias[0] = constant
     kept = [i for i in range(8) if i != 0]
     pruned = nn.Sequential(model[0], model[1], nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3)).double()
     with torch.no_grad():
         pruned[2].weight.copy_(model[2].weight[kept])
         pruned[2].bias.copy_(model[2].bias[kept])
         pruned[4].weight.copy_(model[4].weight[:, kept])
-        pruned[4].bias.copy_(model[4].bias + 2.0 * model[4].weight[:, 0])
-    assert outcome.value == pytest.approx(value(pruned, x, y), rel=1e-10)
+        pruned[4].bias.copy_(model[4].bias + constant * model[4].weight[:, 0])
+    head = result(model, x, y)
+    assert head.status == "ok" and head.extra["constant_features"] == 1
+    assert head.value == pytest.approx(value(pruned, x, y), rel=1e-10)
+    named = result(model, x, y, layer="4", probes=64)  # 8² probes: exact
+    assert named.extra["constant_channels"] == 1
+    assert named.value == pytest.approx(head.value, rel=1e-10)
+
+
+def test_a_standard_deviation_at_rounding_level_counts_as_constant():
+    """torch's std of 40 copies of 0.123456789 is 1.4e-17, not 0: rounding, not variation."""
+    copies = torch.full((40,), 0.123456789, dtype=torch.float64)
+    scale, root_mean_square = copies.std(correction=0), copies.pow(2).mean().sqrt()
+    assert 0 < scale < 1e-15
+    assert not varying(scale, root_mean_square)
+    assert varying(torch.tensor(1e-9), torch.tensor(1.0))
 
 
 def test_no_feature_to_normalize_is_undefined():

@@ -41,10 +41,14 @@ from genmeasures.errors import MeasureError, UnsupportedLayerError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.models.probe import WEIGHT_TYPES
 
-__all__ = ["LayerFlatness", "hidden_layer_flatness", "weight_layer"]
+__all__ = ["LayerFlatness", "hidden_layer_flatness", "varying", "weight_layer"]
 
 #: Probes are drawn and multiplied in chunks holding at most this many bytes (float64 count).
 PROBE_CHUNK_BYTES = 64 * 2**20
+
+#: A channel whose standard deviation is at most this fraction of its root mean square is
+#: constant over the training set (:func:`varying`).
+CONSTANT_TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,26 @@ def weight_layer(ctx: MeasureContext, name: str) -> tuple[str, nn.Module]:
     return path, module
 
 
-def _input_scales(ctx: MeasureContext, path: str, module: nn.Module) -> torch.Tensor:
-    """σ_c, the standard deviation of each input channel of the layer over the training set."""
+def varying(scale: torch.Tensor, root_mean_square: torch.Tensor) -> torch.Tensor:
+    """Which channels vary over the training set: σ above rounding error of their magnitude.
+
+    A channel that is constant in exact arithmetic (a dead unit, or one that always outputs the
+    same value) gets a σ of order 1e-16 of its magnitude from rounding alone; normalizing by it
+    would blow the measure up by 1e30. Such a channel is treated as constant.
+    """
+    return scale > CONSTANT_TOLERANCE * root_mean_square
+
+
+def _input_scales(
+    ctx: MeasureContext, path: str, module: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ_c and the root mean square of each input channel of the layer over the training set.
+
+    The per-batch means and squared deviations are merged pairwise (Chan et al.), so that σ of a
+    constant channel stays at rounding level (E[x²] − E[x]² would leave 1e-8 of its magnitude).
+    """
     channels = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-    total = torch.zeros(channels, dtype=torch.float64, device=ctx.device)
-    squares = torch.zeros_like(total)
-    seen = {"count": 0, "calls": 0}
+    moments: dict[str, Any] = {"count": 0, "mean": 0.0, "squares": 0.0, "calls": 0}
 
     def keep(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         value = (args[0] if args else next(iter(kwargs.values()))).detach().double()
@@ -104,18 +122,24 @@ def _input_scales(ctx: MeasureContext, path: str, module: nn.Module) -> torch.Te
             if isinstance(module, nn.Linear)
             else value.transpose(0, 1).reshape(channels, -1).T
         )
-        total.add_(per_channel.sum(dim=0))
-        squares.add_(per_channel.pow(2).sum(dim=0))
-        seen["count"] += per_channel.shape[0]
-        seen["calls"] += 1
+        variance, mean = torch.var_mean(per_channel, dim=0, correction=0)
+        count, added = moments["count"], per_channel.shape[0]
+        total = count + added
+        delta = mean - moments["mean"]
+        moments["mean"] = moments["mean"] + delta * (added / total)
+        moments["squares"] = (
+            moments["squares"] + variance * added + delta**2 * (count * added / total)
+        )
+        moments["count"] = total
+        moments["calls"] += 1
 
     handle = module.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         with torch.no_grad():
             for x, _ in ctx.batches():
-                before = seen["calls"]
+                before = moments["calls"]
                 ctx.model(x)
-                calls = seen["calls"] - before
+                calls = moments["calls"] - before
                 if calls == 0:
                     raise UnsupportedLayerError(
                         f"the layer `{path}` is not called in the forward pass (its parent uses "
@@ -129,8 +153,8 @@ def _input_scales(ctx: MeasureContext, path: str, module: nn.Module) -> torch.Te
                     )
     finally:
         handle.remove()
-    mean = total / seen["count"]
-    return (squares / seen["count"] - mean**2).clamp_min(0.0).sqrt()
+    scale = (moments["squares"] / moments["count"]).sqrt()
+    return scale, (scale**2 + moments["mean"] ** 2).sqrt()
 
 
 def _entry_scales(module: nn.Module, sigma: torch.Tensor) -> torch.Tensor:
@@ -165,7 +189,8 @@ def hidden_layer_flatness(
     weight = module.weight.detach()
     rows = weight.shape[0]
     flat = weight.reshape(rows, -1).double()
-    sigma = _input_scales(ctx, path, module)
+    sigma, root_mean_square = _input_scales(ctx, path, module)
+    sigma = torch.where(varying(sigma, root_mean_square), sigma, 0.0)
     scales = _entry_scales(module, sigma) if normalize else torch.ones_like(flat)
     kept = scales > 0
     normalized = torch.where(kept, flat * scales, 0.0)

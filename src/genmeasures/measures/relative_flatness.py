@@ -20,8 +20,9 @@ column i of ``W`` over c) leaves a ReLU network's function unchanged but multipl
 κ pairing node i with another by c² or 1/c², so raw κ is not invariant to it. The authors' code
 first scales every feature to unit standard deviation over the training set (and ``W``'s columns
 by the inverse), which undoes any such rescaling; that is the default (``normalize=True``). A
-feature constant over the training set acts as a bias, has no scale to normalize, and is left
-out (a dead ReLU unit contributes nothing either way). Every other rescaling of a ReLU network,
+feature constant over the training set (its σ zero or rounding error,
+:func:`~genmeasures.measures.layer_flatness.varying`) acts as a bias, has no scale to normalize,
+and is left out (a dead ReLU unit contributes nothing either way). Every other rescaling of a ReLU network,
 layer-wise or node-wise in earlier layers, leaves φ's normalized values and ``W φ`` unchanged.
 
 **The head.** The classification head is found by the penultimate-layer rule of
@@ -44,7 +45,7 @@ from torch import nn
 from genmeasures.errors import MeasureError, UnsupportedLayerError
 from genmeasures.measures.context import MeasureContext
 from genmeasures.measures.features import FeatureLayer, feature_layer
-from genmeasures.measures.layer_flatness import hidden_layer_flatness
+from genmeasures.measures.layer_flatness import hidden_layer_flatness, varying
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure
 from genmeasures.validation import Custom, Flag, Integer, Rejected, Settings, setting
@@ -216,7 +217,7 @@ def relative_flatness(
     """
     if normalize:
         scale = features.std(dim=0, correction=0)
-        kept = scale > 0
+        kept = varying(scale, features.pow(2).mean(dim=0).sqrt())
         features = features[:, kept] / scale[kept]
         weight = weight[:, kept] * scale[kept]
     probabilities = F.softmax(logits, dim=1)
