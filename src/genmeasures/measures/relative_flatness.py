@@ -22,8 +22,9 @@ first scales every feature to unit standard deviation over the training set (and
 by the inverse), which undoes any such rescaling; that is the default (``normalize=True``). A
 feature constant over the training set (its σ zero or rounding error,
 :func:`~genmeasures.measures.layer_flatness.varying`) acts as a bias, has no scale to normalize,
-and is left out (a dead ReLU unit contributes nothing either way). Every other rescaling of a ReLU network,
-layer-wise or node-wise in earlier layers, leaves φ's normalized values and ``W φ`` unchanged.
+and is left out (a dead ReLU unit contributes nothing either way). Every other rescaling of a
+ReLU network, layer-wise or node-wise in earlier layers, leaves φ's normalized values and ``W φ``
+unchanged.
 
 **The head.** The classification head is found by the penultimate-layer rule of
 :mod:`genmeasures.measures.features`. A Linear head reads ``φ`` as its input; a 1×1 convolution
