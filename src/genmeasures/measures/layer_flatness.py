@@ -179,11 +179,15 @@ def hidden_layer_flatness(
     probes: int,
     generator: torch.Generator,
 ) -> LayerFlatness:
-    """κ of layer ``name`` (module docstring), from ``probes`` Hessian-vector products.
+    """κ of layer ``name`` (module docstring), exact or estimated from Hessian-vector products.
+
+    Exact from p² products if p² ≤ ``probes`` (p the length of a row), else estimated from
+    ``probes`` of them.
 
     Raises:
         MeasureError: for a name that is not a weight layer of the model.
-        UnsupportedLayerError: when the layer runs more than once per forward pass.
+        UnsupportedLayerError: when the layer runs more than once per forward pass, or is never
+            called as a module.
     """
     path, module = weight_layer(ctx, name)
     weight = module.weight.detach()
@@ -232,7 +236,7 @@ def _rank_one_probes(
 ) -> torch.Tensor:
     """``W̃ a bᵀ`` for Rademacher vectors a, b: ``G = a bᵀ`` has ``E[G_kj G_k'j'] = δ_kk' δ_jj'``.
 
-    A probe of this form turns with the rows of ``W̃`` when they are rescaled, so the estimate
+    A probe of this form scales with the rows of ``W̃`` when they are rescaled, so the estimate
     keeps the measure's invariances probe by probe.
     """
     width = normalized.shape[1]
