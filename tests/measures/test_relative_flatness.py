@@ -50,15 +50,20 @@ class NiNHead(nn.Module):
         return self.classifier(torch.relu(self.features(x))).mean(dim=(2, 3))
 
 
-def nin_head() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(4)
-    model = NiNHead().double()
+def seeded_images(model: nn.Module, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``model`` in float64 with N(0, 0.7²) weights, 12 images (2, 5, 5) and 3-class labels."""
+    generator = torch.Generator().manual_seed(seed)
+    model = model.double()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(0.7 * torch.randn(parameter.shape, generator=generator))
     x = torch.randn(12, 2, 5, 5, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 3, (12,), generator=generator)
     return model, x, y
+
+
+def nin_head() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    return seeded_images(NiNHead(), 4)
 
 
 #: Each network, the names of its head and of the layer whose ReLU output feeds the head.
@@ -291,13 +296,7 @@ def test_a_grouped_convolution_reads_each_channel_through_its_group():
     Each output channel of group g reads only that group's input channels: a wrong map from
     weights to channels would normalize the wrong weights and break the invariance.
     """
-    generator = torch.Generator().manual_seed(6)
-    model = GroupedNet().double()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(0.7 * torch.randn(parameter.shape, generator=generator))
-    x = torch.randn(12, 2, 5, 5, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 3, (12,), generator=generator)
+    model, x, y = seeded_images(GroupedNet(), 6)
     scaled = copy.deepcopy(model)
     c = torch.tensor([0.3, 4.0, 1.7, 0.6], dtype=torch.float64)
     with torch.no_grad():
