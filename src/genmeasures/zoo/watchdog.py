@@ -6,14 +6,17 @@ RuntimeEnvAgent) outlive it by about a minute (Ray 2.60: they retry reporting th
 to the dead GCS). Once the driver is dead they are reparented to init, and nothing can tell them
 from other processes any more. So the driver starts this watchdog first: a small process that
 records the driver's descendants that appear after it from ``/proc``, and, when its standard
-input reaches end of file (the driver held the only write end, and the kernel closes it however
-the driver ends, SIGKILL included) while the driver is dead, sends every recorded process that
-still runs SIGTERM, then SIGKILL one second later. When the driver released it alive (after its
-own clean stop) it ends nothing. A process is recognized by its pid *and* start time, so a
-reused pid is never hit; a process started less than one scan (0.2 s) before the driver died can
-be missed, which Ray's processes, started with the run, never are. The watchdog runs in its own
-session, so a Ctrl-C to the driver's process group does not stop it before the driver's own
-clean stop.
+input reaches end of file without the release byte (the driver held the only write end, and the
+kernel closes it however the driver ends, SIGKILL included), sends every recorded process that
+still runs SIGTERM, then SIGKILL one second later. A driver that stops cleanly writes the release
+byte before closing its end, and the watchdog ends nothing. (Asking ``/proc`` at end of file
+whether the driver still lives does not work: the kernel closes a dying process's files before
+it becomes a zombie, and on a loaded machine the watchdog read a killed driver as alive.)
+
+A process is recognized by its pid *and* start time, so a reused pid is never hit; a process
+started less than one scan (0.2 s) before the driver died can be missed, which Ray's processes,
+started with the run, never are. The watchdog runs in its own session, so a Ctrl-C to the
+driver's process group does not stop it before the driver's own clean stop.
 
 Run as ``python .../genmeasures/zoo/watchdog.py DRIVER_PID`` (the file, not the module: it needs
 the standard library only, and starts in milliseconds without importing torch);
@@ -40,6 +43,9 @@ __all__ = ["watch_descendants"]
 POLL_SECONDS = 0.2
 GRACE_SECONDS = 1.0
 
+#: What a driver that stopped cleanly writes to the watchdog before closing its end of the pipe.
+RELEASED = b"r"
+
 
 def watch_descendants() -> Callable[[], None]:
     """Start a watchdog of this process's descendants; returns the function that releases it.
@@ -62,7 +68,12 @@ def watch_descendants() -> Callable[[], None]:
         os.close(read_end)
     with watchdog.stdout:  # one line once it has taken stock of what runs already
         watchdog.stdout.readline()
-    return lambda: os.close(write_end)
+
+    def release() -> None:
+        os.write(write_end, RELEASED)
+        os.close(write_end)
+
+    return release
 
 
 def _stat(pid: int) -> tuple[int, str] | None:
@@ -113,8 +124,7 @@ def _end(recorded: dict[int, str]) -> None:
 
 
 def main(driver: int) -> None:
-    """Record ``driver``'s new descendants until standard input closes; end them if it died."""
-    driver_stat = _stat(driver)
+    """Record ``driver``'s new descendants until standard input ends; end them unless released."""
     before = set(_descendants(driver).items())  # not started for this run: never ended
     print("watching", flush=True)
     sys.stdout.close()
@@ -122,11 +132,11 @@ def main(driver: int) -> None:
     stdin = sys.stdin.fileno()
     while True:
         readable, _, _ = select.select([stdin], [], [], POLL_SECONDS)
-        if readable and not os.read(stdin, 1):  # the driver never writes: readable means EOF
-            break
+        if readable:
+            if os.read(stdin, 1) == RELEASED:
+                return  # released after a clean stop: the driver ended what it started
+            break  # end of file without the release byte: the driver died
         recorded |= {p: s for p, s in _descendants(driver).items() if (p, s) not in before}
-    if driver_stat is not None and _stat(driver) == driver_stat:
-        return  # released after a clean stop: the driver ended what it started
     _end(recorded)
 
 
