@@ -396,8 +396,6 @@ def average_sharpness(
 
 # ------------------------------------------------------------------------------------ measures
 
-_REFERENCE = "reference code: tml-epfl/sharpness-vs-generalization"
-
 
 @register_measure(
     "adaptive-sharpness-linf",

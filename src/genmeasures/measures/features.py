@@ -30,6 +30,7 @@ __all__ = [
     "feature_batches",
     "feature_layer",
     "features_of",
+    "first_argument",
 ]
 
 #: Which layer's features a measure reads: the input of the last weight layer, or (the Natekar
@@ -73,7 +74,8 @@ class _Call:
     output_shape: tuple[int, ...] | None
 
 
-def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def first_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What a module was called with first: its input, as a forward hook receives it."""
     return args[0] if args else next(iter(kwargs.values()), None)
 
 
@@ -96,7 +98,7 @@ def _weight_layer_calls(model: nn.Module, inputs: torch.Tensor) -> tuple[list[_C
                 name: str = name,
             ) -> None:
                 calls.append(
-                    _Call(name, module, _shape(_first_tensor(args, kwargs)), _shape(output))
+                    _Call(name, module, _shape(first_argument(args, kwargs)), _shape(output))
                 )
 
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
@@ -223,7 +225,7 @@ def feature_batches(
         handle = layer.module.register_forward_hook(lambda m, args, output: keep(output))
     else:
         handle = layer.module.register_forward_pre_hook(
-            lambda m, args, kwargs: keep(_first_tensor(args, kwargs)), with_kwargs=True
+            lambda m, args, kwargs: keep(first_argument(args, kwargs)), with_kwargs=True
         )
     try:
         for start in range(0, len(inputs), ctx.batch_size):

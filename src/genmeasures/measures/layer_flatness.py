@@ -39,6 +39,8 @@ from torch import nn
 
 from genmeasures.errors import MeasureError, UnsupportedLayerError
 from genmeasures.measures.context import MeasureContext
+from genmeasures.measures.features import first_argument
+from genmeasures.measures.inputs import LogitsOf
 from genmeasures.models.probe import WEIGHT_TYPES
 
 __all__ = ["LayerFlatness", "hidden_layer_flatness", "varying", "weight_layer"]
@@ -79,11 +81,10 @@ def weight_layer(ctx: MeasureContext, name: str) -> tuple[str, nn.Module]:
         MeasureError: naming the option, when there is no such module or it is not a weight layer.
     """
     modules = dict(ctx.model.named_modules())
-    wrapped = getattr(ctx.model, "network", None) is not None and f"network.{name}" in modules
-    path = f"network.{name}" if wrapped and name not in modules else name
+    prefix = "network." if isinstance(ctx.model, LogitsOf) else ""  # the user's model, wrapped
+    path = name if name in modules else prefix + name
     module = modules.get(path)
     if not isinstance(module, WEIGHT_TYPES):
-        prefix = "network." if wrapped else ""
         layers = [n.removeprefix(prefix) for n, m in modules.items() if isinstance(m, WEIGHT_TYPES)]
         found = "no module" if module is None else f"a {type(module).__name__}"
         raise MeasureError(
@@ -116,7 +117,7 @@ def _input_scales(
     moments: dict[str, Any] = {"count": 0, "mean": 0.0, "squares": 0.0, "calls": 0}
 
     def keep(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        value = (args[0] if args else next(iter(kwargs.values()))).detach().double()
+        value = first_argument(args, kwargs).detach().double()
         per_channel = (
             value.reshape(-1, channels)
             if isinstance(module, nn.Linear)
@@ -252,11 +253,10 @@ def _quadratic_forms(
     parameter = weight.clone().requires_grad_(True)
     shaped = vectors.to(weight.dtype).reshape(len(vectors), *weight.shape)
     forms = torch.zeros(len(vectors), dtype=torch.float64, device=ctx.device)
-    total = len(ctx.require_data()[1])
     for x, y in ctx.batches():
         with torch.enable_grad():
             logits = torch.func.functional_call(ctx.model, {f"{path}.weight": parameter}, (x,))
-            loss = F.cross_entropy(logits, y, reduction="sum") / total
+            loss = F.cross_entropy(logits, y, reduction="sum") / ctx.num_train
             (gradient,) = torch.autograd.grad(loss, parameter, create_graph=True)
             for index, vector in enumerate(shaped):
                 (product,) = torch.autograd.grad(gradient, parameter, vector, retain_graph=True)

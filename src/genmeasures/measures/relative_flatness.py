@@ -45,7 +45,7 @@ from torch import nn
 
 from genmeasures.errors import MeasureError, UnsupportedLayerError
 from genmeasures.measures.context import MeasureContext
-from genmeasures.measures.features import FeatureLayer, feature_layer
+from genmeasures.measures.features import FeatureLayer, feature_layer, first_argument
 from genmeasures.measures.layer_flatness import hidden_layer_flatness, varying
 from genmeasures.measures.registry import register_measure
 from genmeasures.measures.result import MeasureOutput, UndefinedMeasure
@@ -163,8 +163,9 @@ def _read_head(ctx: MeasureContext) -> HeadFeatures:
     store: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        value = args[0] if args else next(iter(kwargs.values()))
-        store.append(_pooled_input(layer, value.detach()).to(torch.float64, copy=True))
+        store.append(
+            _pooled_input(layer, first_argument(args, kwargs).detach()).to(torch.float64, copy=True)
+        )
 
     handle = layer.module.register_forward_pre_hook(keep, with_kwargs=True)
     features, logits = [], []
